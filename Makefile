@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch on machines without a GPU; override on GPU machines (e.g. TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: run test install install-test train clean help
+
+help:
+	@echo "make run    install (if needed) and start what the project serves"
+	@echo "make test   install with test extras (if needed) and run the test suite"
+	@echo "make train  retrain all three models into models/checkpoints/ (~25 min on 2 CPU cores)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[test]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(PY) -m service.app
+
+test: install-test
+	$(PY) -m pytest
+
+train: install
+	$(PY) -m models.train classifier
+	$(PY) -m models.train captioner
+	$(PY) -m models.train translator
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
