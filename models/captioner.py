@@ -20,7 +20,7 @@ from models.vit import ViTConfig, ViTEncoder
 @dataclass
 class CaptionerConfig:
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = 8  # a 4×4 grid: each quadrant (one digit) is 2×2 patches
     d_model: int = 128
     n_heads: int = 4
     d_ff: int = 256

@@ -76,6 +76,7 @@ def shift_images(images: Tensor, max_shift: int, generator: torch.Generator) -> 
 class Task:
     name: str
     metric: str  # the validation figure plotted and reported on the progress bar
+    curve_label = "validation"  # what the periodic evaluation is run on, for the plot
     train_config: TrainConfig
 
     def __init__(self, tiny: bool = False) -> None:
@@ -176,6 +177,7 @@ def translation_scores(hyps: list[str], refs: list[str], keep_examples: bool) ->
 
 class ClassifierTask(Task):
     name, metric = "classifier", "accuracy"
+    curve_label = "test (monitored only: the last step is shipped, nothing is selected on it)"
     train_config = TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=200, eval_every=500, weight_decay=0.05)
 
     def __init__(self, tiny: bool = False) -> None:
@@ -283,8 +285,13 @@ TASKS: dict[str, type[Task]] = {"translator": TranslatorTask, "classifier": Clas
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise SystemExit(f"error: unknown device {requested!r} (use auto, cpu or cuda)")
     return torch.device(requested)
 
 
@@ -349,11 +356,11 @@ def train(name: str, out: Path, *, tiny: bool = False, device: str = "auto", ste
     )
     checkpoint.save(out, name, model.cpu(), extra={"train": asdict(cfg)})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    plot_curve(history, task.metric, out / "training_curve.png", name)
+    plot_curve(history, task.metric, out / "training_curve.png", name, task.curve_label)
     return metrics
 
 
-def plot_curve(history: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+def plot_curve(history: list[dict[str, Any]], metric: str, path: Path, title: str, label: str = "validation") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,13 +368,15 @@ def plot_curve(history: list[dict[str, Any]], metric: str, path: Path, title: st
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="tab:blue", label="training loss (EMA)")
-    ax.set_xlabel("step")
     ax.set_ylabel("loss", color="tab:blue")
     ax.set_yscale("log")
     evals = [h for h in history if "valid" in h]
     ax2 = ax.twinx()
-    ax2.plot([h["step"] for h in evals], [h["valid"][metric] for h in evals], "o-", color="tab:orange", label=f"validation {metric}")
-    ax2.set_ylabel(f"validation {metric}", color="tab:orange")
+    ax2.plot([h["step"] for h in evals], [h["valid"][metric] for h in evals], "o-", color="tab:orange")
+    ax2.set_ylabel(f"{metric}", color="tab:orange")
+    ax.set_xlabel(f"step  (blue: training loss, EMA; orange: {metric} on {label.split(' (')[0]})")
+    if "(" in label:
+        fig.text(0.01, 0.01, label[label.index("(") :], fontsize=7, color="gray")
     ax.set_title(f"{title} training")
     fig.tight_layout()
     fig.savefig(path)

@@ -56,7 +56,7 @@ def test_output_shapes():
         assert Translator(TINY["translator"])(*inputs("translator")).shape == (3, 7, 60)
         assert ViT(TINY["classifier"])(*inputs("classifier")).shape == (5, 10)
         assert Captioner(TINY["captioner"])(*inputs("captioner")).shape == (2, 6, 21)
-        assert Captioner(TINY["captioner"]).encode(torch.rand(2, 1, 32, 32)).shape == (2, 64, 32)  # 8×8 patches of 4 px
+        assert Captioner(TINY["captioner"]).encode(torch.rand(2, 1, 32, 32)).shape == (2, 16, 32)  # 4×4 patches of 8 px
 
 
 def test_translator_padding_does_not_change_outputs():

@@ -62,3 +62,24 @@ def test_classifier_retraining_reproduces_the_shipped_accuracy(tmp_path):
     fresh = json.loads((tmp_path / "metrics.json").read_text())["test"]["accuracy"]
     shipped = json.loads((checkpoint.CHECKPOINTS / "classifier" / "metrics.json").read_text())["test"]["accuracy"]
     assert abs(fresh - shipped) <= 0.01, (fresh, shipped)
+
+
+def test_device_selection_falls_back_to_cpu_and_refuses_a_missing_gpu():
+    import torch
+
+    from models.train import pick_device
+
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(SystemExit, match="unknown device"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+@pytest.mark.gpu
+def test_training_runs_on_the_gpu(tmp_path):
+    proc = run_train("captioner", "--tiny", "--device", "cuda", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["train"]["device"] == "cuda"
