@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime sessions, decoding engine, Ray Serve deployments, HTTP/gRPC ingress, metrics."""
