@@ -146,15 +146,19 @@ class TextDecoder(nn.Module):
         past_kv: list[KV] | None = None,
         self_mask: Tensor | None = None,
         need_weights: bool = False,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, list[KV], list[Tensor | None]]:
         """tokens ``(B, T)`` → logits ``(B, T, V)``, per-layer self-attention cache, per-layer cross weights.
 
         Without ``past_kv`` this is a full (teacher-forced) pass with a causal mask; with it, ``tokens`` are
-        the next ``T`` positions after the cached ones. ``self_mask`` overrides the default causal mask.
+        the next ``T`` positions after the cached ones. ``self_mask`` overrides the default causal mask and
+        ``positions`` ``(B, T)`` the default positions ``P … P + T - 1``: together they let sequences whose
+        caches hold different numbers of valid entries share one batch.
         """
         past_len = 0 if past_kv is None else past_kv[0][0].size(2)
         t = tokens.size(1)
-        x = self.embed(tokens) * math.sqrt(self.d_model) + self.positions[past_len : past_len + t]  # (B, T, D)
+        pos = self.positions[past_len : past_len + t] if positions is None else self.positions[positions]  # (T, D) | (B, T, D)
+        x = self.embed(tokens) * math.sqrt(self.d_model) + pos  # (B, T, D)
         if self_mask is None and t > 1:
             self_mask = causal_mask(t, past_len + t, tokens.device)
         presents, weights = [], []

@@ -53,7 +53,8 @@ class Translator(nn.Module):
         """src ids ``(B, S)`` (padded with ``pad_id``) → memory ``(B, S, D)`` and its padding mask ``(B, 1, 1, S)``."""
         mask = padding_mask(src, self.config.pad_id)
         x = self.src_embed(src) * math.sqrt(self.config.d_model) + self.positions[: src.size(1)]  # (B, S, D)
-        return self.encoder(x, mask), mask
+        # ONNX Runtime's Attention kernel wants the mask's query dimension spelled out: (B, 1, S, S), not (B, 1, 1, S).
+        return self.encoder(x, mask.expand(-1, -1, src.size(1), -1)), mask
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits ``(B, T, V)`` for target inputs ``tgt_in`` ``(B, T)`` (BOS + target)."""
