@@ -1,0 +1,174 @@
+"""ONNX Runtime sessions: provider choice, threads, and KV-cached decoding steps.
+
+Providers come from ``ORT_PROVIDERS`` (comma-separated, in order of preference), else CUDA first when this
+onnxruntime build offers it, then CPU. Providers the installed build does not have are dropped with a
+warning, and the CPU provider is always last, so a machine without a GPU runs everything on CPU.
+
+On CUDA, a decoding step runs through IOBinding: the ``present.*`` outputs stay in device memory and are
+bound as the next step's ``past_key_values.*`` inputs, cross-attention K/V are uploaded once per request,
+and only the ``(B, V)`` logits come back to the host each step. The same binding code runs on CPU (device
+``cpu``), which is how it is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.decoding import DecodingOptions, decode
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def select_providers(requested: str | None = None, available: Sequence[str] | None = None) -> list[str]:
+    """Providers to use, in order: ``requested`` (or ``$ORT_PROVIDERS``) filtered by what is available, CPU last."""
+    available = list(ort.get_available_providers() if available is None else available)
+    requested = os.environ.get("ORT_PROVIDERS") if requested is None else requested
+    wanted = [p.strip() for p in requested.split(",") if p.strip()] if requested else [CUDA, CPU]
+    chosen = []
+    for p in wanted:
+        if p in available and p not in chosen:
+            chosen.append(p)
+        elif p not in available and requested:
+            log.warning("ORT provider %s is not available in this onnxruntime build (has %s); skipping it", p, available)
+    if CPU in chosen:
+        chosen.remove(CPU)
+    return chosen + [CPU]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    providers: tuple[str, ...] | None = None  # None: select_providers()
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 1
+    cuda_device_id: int = 0
+
+
+def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    providers = list(options.providers) if options.providers else select_providers()
+    provider_options = [{"device_id": options.cuda_device_id} if p == CUDA else {} for p in providers]
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers, provider_options=provider_options)
+
+
+def device_of(session: ort.InferenceSession) -> str:
+    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+
+
+class EncoderDecoderRuntime:
+    """The two sessions of a generative model in the repository (``encoder.onnx`` + ``decoder.onnx``)."""
+
+    def __init__(self, directory: str | Path, options: RuntimeOptions = RuntimeOptions()) -> None:
+        self.directory = Path(directory)
+        self.config = json.loads((self.directory / "config.json").read_text())
+        self.encoder = create_session(self.directory / "encoder.onnx", options)
+        self.decoder = create_session(self.directory / "decoder.onnx", options)
+        self.layers = self.config["decoder"]["layers"]
+        past_type = next(i.type for i in self.decoder.get_inputs() if i.name.startswith("past_key_values"))
+        self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
+
+    @property
+    def device(self) -> str:
+        return device_of(self.decoder)
+
+    def encode(self, inputs: np.ndarray, source_mask: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+        """Encoder input (token ids ``(B, S)`` or images ``(B, 1, H, W)``) → cross K/V per layer (k₀…, v₀…) and mask ``(B, S)``."""
+        name = self.encoder.get_inputs()[0].name
+        outputs = self.encoder.run(None, {name: inputs})
+        cross = dict(zip((o.name for o in self.encoder.get_outputs()), outputs))
+        kv = [cross[f"cross.{i}.key"] for i in range(self.layers)] + [cross[f"cross.{i}.value"] for i in range(self.layers)]
+        if source_mask is None:
+            source_mask = np.ones((kv[0].shape[0], kv[0].shape[2]), dtype=bool)
+        return kv, source_mask
+
+    def start(self, cross_kv: list[np.ndarray], cross_mask: np.ndarray, repeat: int = 1) -> OrtInference:
+        """A decoding state for this batch; ``repeat`` > 1 repeats every row (one per beam)."""
+        if repeat > 1:
+            cross_kv = [np.repeat(a, repeat, axis=0) for a in cross_kv]
+            cross_mask = np.repeat(cross_mask, repeat, axis=0)
+        return OrtInference(self, cross_kv, cross_mask)
+
+    def generate(self, inputs: np.ndarray, source_mask: np.ndarray | None, options: DecodingOptions) -> list[list[int]]:
+        """Encode once, then greedy or beam search with the KV cache: token ids per row, EOS excluded."""
+        cross_kv, mask = self.encode(inputs, source_mask)
+        special = self.config["special_tokens"]
+        factory = lambda repeat: self.start(cross_kv, mask, repeat)
+        return decode(factory, mask.shape[0], special["bos"], special["eos"], options)
+
+
+class OrtInference:
+    """One batch being decoded on ONNX Runtime: the ``Inference`` interface of ``service.decoding``."""
+
+    def __init__(self, runtime: EncoderDecoderRuntime, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
+        self.rt, self.layers = runtime, runtime.layers
+        self.device = runtime.device
+        cfg = runtime.config["decoder"]
+        self.heads, self.head_dim = cfg["heads"], cfg["head_dim"]
+        self.batch = cross_mask.shape[0]
+        self.step = 0
+        self.binding = runtime.decoder.io_binding()
+        self.cross_names = [f"cross.{i}.key" for i in range(self.layers)] + [f"cross.{i}.value" for i in range(self.layers)]
+        self.past_names = [f"past_key_values.{i}.key" for i in range(self.layers)] + [f"past_key_values.{i}.value" for i in range(self.layers)]
+        self.present_names = [f"present.{i}.key" for i in range(self.layers)] + [f"present.{i}.value" for i in range(self.layers)]
+        self._set_source(cross_kv, cross_mask)
+        empty = np.zeros((self.batch, self.heads, 0, self.head_dim), dtype=runtime.float_type)
+        self.past: list[ort.OrtValue] = [self._to_device(empty) for _ in self.past_names]
+
+    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def _set_source(self, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
+        self.cross_host = [np.ascontiguousarray(a) for a in cross_kv]  # kept for rearranging beams
+        self.cross_mask = np.ascontiguousarray(cross_mask.astype(bool))
+        self.cross = [self._to_device(a) for a in self.cross_host]  # uploaded once, reused every step
+        self.cross_mask_value = self._to_device(self.cross_mask)
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32."""
+        b = self.binding
+        b.bind_cpu_input("input_ids", tokens.reshape(-1, 1).astype(np.int64))
+        b.bind_cpu_input("position_ids", np.full((self.batch, 1), self.step, dtype=np.int64))
+        b.bind_cpu_input("self_mask", np.ones((self.batch, self.step + 1), dtype=bool))
+        b.bind_ortvalue_input("cross_mask", self.cross_mask_value)
+        for name, value in zip(self.cross_names, self.cross):
+            b.bind_ortvalue_input(name, value)
+        for name, value in zip(self.past_names, self.past):
+            b.bind_ortvalue_input(name, value)
+        b.bind_output("logits", "cpu")
+        for name in self.present_names:
+            b.bind_output(name, self.device)  # stays on the device for the next step
+        self.rt.decoder.run_with_iobinding(b)
+        outputs = b.get_outputs()
+        self.past = list(outputs[1:])
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        self.step += 1
+        return outputs[0].numpy().astype(np.float32, copy=False)
+
+    def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
+        """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change."""
+        self.past = [self._to_device(v.numpy()[source_rows]) for v in self.past]
+        self._set_source([a[source_rows] for a in self.cross_host], self.cross_mask[source_rows])
+        self.batch = len(source_rows)
+
+    def release(self) -> None:
+        self.past, self.cross = [], []
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+
+
+def load_config(directory: str | Path) -> Mapping:
+    return json.loads((Path(directory) / "config.json").read_text())
