@@ -5,12 +5,16 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU build of torch on machines without a GPU; override on GPU machines (e.g. TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
+# onnxruntime (CPU) or onnxruntime-gpu: never both in one environment.
+ORT_EXTRA ?= cpu
+REPO ?= model_repository
 
-.PHONY: run test install install-test train clean help
+.PHONY: run test install install-test export train clean help
 
 help:
 	@echo "make run    install (if needed) and start what the project serves"
 	@echo "make test   install with test extras (if needed) and run the test suite"
+	@echo "make export export the ONNX model repository again (make run does it once, if missing)"
 	@echo "make train  retrain all three models into models/checkpoints/ (~25 min on 2 CPU cores)"
 
 $(PY):
@@ -22,21 +26,29 @@ $(VENV)/.torch: | $(PY)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(PIP) install -e .
+	$(PIP) install -e ".[$(ORT_EXTRA)]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,$(ORT_EXTRA)]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-run: install
+$(REPO)/.complete: | $(VENV)/.installed
+	$(PY) -m export --out $(REPO)
+	touch $@
+
+run: install $(REPO)/.complete
 	$(PY) -m service.app
 
 test: install-test
 	$(PY) -m pytest
+
+export: install
+	$(PY) -m export --out $(REPO)
+	touch $(REPO)/.complete
 
 train: install
 	$(PY) -m models.train classifier
@@ -44,4 +56,4 @@ train: install
 	$(PY) -m models.train translator
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(REPO)

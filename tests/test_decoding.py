@@ -1,0 +1,108 @@
+"""Greedy and beam search over the Inference interface, on a toy model and on both real backends."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import checkpoint
+from service.decoding import DecodingOptions, TorchInference, beam_search, decode, greedy
+from service.runtime import EncoderDecoderRuntime
+
+BOS, EOS, A, B = 2, 3, 4, 5
+
+
+class ToyInference:
+    """Next-token distributions chosen so that greedy is not optimal:
+    after BOS: A 0.6, B 0.4;  after A: B 0.36, A 0.34, EOS 0.30;  after A B / B / anything else: EOS 0.99."""
+
+    def __init__(self, rows):
+        self.prefixes = [[] for _ in range(rows)]
+        self.calls = 0
+
+    def logits(self, tokens):
+        self.calls += 1
+        out = np.full((len(tokens), 6), 1e-9)
+        for i, t in enumerate(tokens):
+            p = self.prefixes[i] = self.prefixes[i] + [int(t)]
+            seq = p[1:]
+            if seq == []:
+                out[i, A], out[i, B] = 0.6, 0.4
+            elif seq == [A]:
+                out[i, B], out[i, A], out[i, EOS] = 0.36, 0.34, 0.30
+            else:
+                out[i, EOS], out[i, A] = 0.99, 0.01
+        return np.log(out)
+
+    def rearrange_kv_cache(self, rows):
+        self.prefixes = [list(self.prefixes[r]) for r in rows]
+
+    def release(self):
+        self.prefixes = None
+
+
+def test_greedy_takes_the_locally_best_token():
+    assert greedy(ToyInference(1), 1, BOS, EOS, 10) == [[A, B]]
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_search_finds_the_better_sequence(length_penalty):
+    # greedy: 0.6 * 0.36 * 0.99 = 0.214 ; beam: B EOS = 0.4 * 0.99 = 0.396
+    opts = DecodingOptions(beam_size=2, max_new_tokens=10, length_penalty=length_penalty)
+    assert beam_search(ToyInference(2), 1, BOS, EOS, opts) == [[B]]
+    assert math.log(0.4 * 0.99) > math.log(0.6 * 0.36 * 0.99)
+
+
+def test_decode_dispatches_and_beam_one_is_greedy():
+    assert decode(lambda r: ToyInference(r), 1, BOS, EOS, DecodingOptions(beam_size=1)) == [[A, B]]
+    assert decode(lambda r: ToyInference(r), 1, BOS, EOS, DecodingOptions(beam_size=3)) == [[B]]
+
+
+def test_max_new_tokens_caps_output():
+    assert greedy(ToyInference(1), 1, BOS, EOS, 1) == [[A]]
+    assert beam_search(ToyInference(2), 1, BOS, EOS, DecodingOptions(beam_size=2, max_new_tokens=1)) in ([[A]], [[B]])
+
+
+def test_rows_finish_at_different_steps():
+    class Staggered(ToyInference):
+        def logits(self, tokens):  # row i emits i tokens of A, then EOS
+            self.calls += 1
+            out = np.full((len(tokens), 6), -20.0)
+            for i in range(len(tokens)):
+                self.prefixes[i].append(int(tokens[i]))
+                out[i, EOS if len(self.prefixes[i]) > i else A] = 0.0
+            return out
+
+    inf = Staggered(3)
+    assert greedy(inf, 3, BOS, EOS, 10) == [[], [A], [A, A]]
+    assert inf.calls == 3  # stops as soon as the last row is done
+
+
+@pytest.mark.parametrize("bad", [{"beam_size": 0}, {"beam_size": 9}, {"max_new_tokens": 0}, {"max_new_tokens": 257}])
+def test_options_are_validated(bad):
+    with pytest.raises(ValueError):
+        DecodingOptions(**bad)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_same_search_on_pytorch_and_onnx_runtime(repo, beam_size):
+    model, tok = checkpoint.load("translator")
+    texts = ["Monday, June 2, 1980", "seven hundred and twelve", "We need 3.5 kilograms.", "She speaks Japanese."]
+    ids = [tok.encode(t) + [EOS] for t in texts]
+    src = np.zeros((len(ids), max(map(len, ids))), dtype=np.int64)
+    for i, r in enumerate(ids):
+        src[i, : len(r)] = r
+    opts = DecodingOptions(beam_size=beam_size, max_new_tokens=64)
+    rt = EncoderDecoderRuntime(repo / "translator" / "1")
+    ort_out = rt.generate(src, src != 0, opts)
+    memory, mask = model.encode(torch.from_numpy(src))
+    cross = model.decoder.cross_kv(memory)
+
+    def torch_factory(repeat):
+        idx = torch.arange(len(texts)).repeat_interleave(repeat)
+        return TorchInference(model.decoder, [(k[idx], v[idx]) for k, v in cross], mask[idx])
+
+    torch_out = decode(torch_factory, len(texts), BOS, EOS, opts)
+    assert ort_out == torch_out
+    assert [tok.decode(t) for t in ort_out] == ["lundi 2 juin 1980", "sept cent douze", "Il nous faut 3,5\u00a0kilogrammes.", "Elle parle japonais."]

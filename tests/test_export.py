@@ -1,0 +1,127 @@
+"""The ONNX model repository: layout, fused attention, I/O names, parity with PyTorch, precisions."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.onnx import ExportError, ExportOptions, check_fused, fusion_report
+from export.repository import export_repository
+from models import checkpoint
+from models.data import text as text_data
+from service.runtime import EncoderDecoderRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def independent_inspection(path: Path):
+    """What any ONNX user can check without this project's code."""
+    model = onnx.load(str(path))
+    ops = [(n.domain or "ai.onnx", n.op_type) for n in model.graph.node]
+    attention = [op for op in ops if op in {("ai.onnx", "Attention"), ("com.microsoft", "MultiHeadAttention")}]
+    return model, ops, attention
+
+
+def test_repository_layout(repo):
+    expected = {
+        "classifier/1": {"model.onnx", "config.json"},
+        "translator/1": {"encoder.onnx", "decoder.onnx", "config.json", "tokenizer.model"},
+        "captioner/1": {"encoder.onnx", "decoder.onnx", "config.json", "tokenizer.model"},
+    }
+    for sub, files in expected.items():
+        assert {p.name for p in (repo / sub).iterdir()} == files
+
+
+@pytest.mark.parametrize("name,graph,n_attention", [
+    ("classifier", "model.onnx", 4), ("translator", "encoder.onnx", 3), ("translator", "decoder.onnx", 6),
+    ("captioner", "encoder.onnx", 3), ("captioner", "decoder.onnx", 4),
+])
+def test_every_attention_is_one_fused_node(repo, name, graph, n_attention):
+    model, ops, attention = independent_inspection(repo / name / "1" / graph)
+    assert len(attention) == n_attention
+    assert not [op for op in ops if op[1] == "Softmax"]
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 23
+
+
+@pytest.mark.parametrize("name", ["translator", "captioner"])
+def test_encoder_and_decoder_interfaces(repo, name):
+    layers = json.loads((repo / name / "1" / "config.json").read_text())["decoder"]["layers"]
+    enc = onnx.load(str(repo / name / "1" / "encoder.onnx"))
+    dec = onnx.load(str(repo / name / "1" / "decoder.onnx"))
+    kv = lambda prefix: {f"{prefix}.{i}.{t}" for i in range(layers) for t in ("key", "value")}
+    assert {o.name for o in enc.graph.output} == kv("cross")
+    dec_in, dec_out = {i.name for i in dec.graph.input}, {o.name for o in dec.graph.output}
+    assert kv("past_key_values") | kv("cross") <= dec_in
+    assert dec_out == kv("present") | {"logits"}
+    past = next(i for i in dec.graph.input if i.name == "past_key_values.0.key")
+    dims = [d.dim_param or d.dim_value for d in past.type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and isinstance(dims[2], str)  # dynamic batch and past length
+
+
+def test_export_reports_exact_parity(repo):
+    cfg = {n: json.loads((repo / n / "1" / "config.json").read_text()) for n in ("classifier", "translator", "captioner")}
+    assert cfg["classifier"]["quality"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
+    assert cfg["translator"]["quality"]["greedy_token_identical_to_pytorch"] == "2000/2000"  # the whole test split
+    assert cfg["captioner"]["quality"]["greedy_token_identical_to_pytorch"] == "1000/1000"
+    assert cfg["translator"]["quality"]["bleu"] >= 90
+
+
+def test_classifier_logits_match_pytorch(repo):
+    model, _ = checkpoint.load("classifier")
+    x = np.random.default_rng(0).random((7, 1, 8, 8), dtype=np.float32)  # batch size not seen at export
+    got = ort.InferenceSession(str(repo / "classifier/1/model.onnx")).run(None, {"images": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+def test_cached_onnx_decoder_equals_pytorch_recomputing_the_prefix(repo):
+    model, tok = checkpoint.load("translator")
+    rt = EncoderDecoderRuntime(repo / "translator" / "1")
+    rows = [tok.encode("She was born on March 3, 1987.") + [3], tok.encode("forty-two") + [3]]
+    src = np.zeros((2, max(map(len, rows))), dtype=np.int64)  # the second row is padded
+    for i, r in enumerate(rows):
+        src[i, : len(r)] = r
+    cross, mask = rt.encode(src, src != 0)
+    state = rt.start(cross, mask)
+    prefix = np.array([[2, 40, 17, 93, 5, 311, 8], [2, 11, 12, 13, 14, 15, 16]])
+    memory, tmask = model.encode(torch.from_numpy(src))
+    tcross = model.decoder.cross_kv(memory)
+    for t in range(prefix.shape[1]):
+        step_logits = state.logits(prefix[:, t])
+        with torch.no_grad():  # PyTorch, no cache: the whole prefix again
+            full = model.decoder(torch.from_numpy(prefix[:, : t + 1]), tcross, tmask)[0][:, -1].numpy()
+        np.testing.assert_allclose(step_logits, full, atol=2e-4, rtol=1e-4)
+
+
+def test_fusion_check_rejects_a_decomposed_graph(tmp_path):
+    from models.layers import set_fused
+
+    from export.onnx import export_classifier
+
+    model, _ = checkpoint.load("classifier")
+    set_fused(model, False)  # explicit softmax attention: must not pass as fused
+    with pytest.raises(ExportError, match="decomposed"):
+        export_classifier(model, tmp_path)
+    assert fusion_report(tmp_path / "model.onnx")["softmax"] == 4
+
+
+def test_int8_export_records_its_quality_delta(tmp_path):
+    report = export_repository(tmp_path, ExportOptions(precision="int8"), models=("classifier",))
+    q = report["classifier"]["quality"]
+    assert report["classifier"]["precision"] == "int8"
+    assert report["classifier"]["fused_attention"]["model.onnx"] == {"attention": 4, "softmax": 0}
+    assert abs(q["accuracy_delta"]) <= 0.01 and "max_abs_logit_diff_vs_pytorch" in q
+    assert any(n.op_type == "MatMulInteger" or n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(tmp_path / "classifier/1/model.onnx")).graph.node)
+
+
+def test_export_cli_rejects_cuda_without_a_gpu():
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the refusal only applies without it")
+    proc = subprocess.run([sys.executable, "-m", "export", "--device", "cuda", "--out", "/nonexistent"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs onnxruntime-gpu" in proc.stderr
