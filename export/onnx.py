@@ -138,8 +138,14 @@ def fusion_report(path: str | Path) -> dict[str, int]:
     }
 
 
-def check_fused(path: Path, expected: int) -> dict[str, int]:
+def check_fused(path: Path, expected: int, fused: bool = True) -> dict[str, int]:
+    """Fail unless ``path`` has exactly ``expected`` fused attention nodes and no Softmax; with ``fused=False``
+    (the unfused variant kept for comparisons), exactly ``expected`` Softmax nodes and no fused node."""
     report = fusion_report(path)
+    if not fused:
+        if report["attention"] or report["softmax"] != expected:
+            raise ExportError(f"{path.name}: expected an unfused graph with {expected} Softmax, found {report}")
+        return report
     if report["attention"] != expected or report["softmax"]:
         raise ExportError(
             f"{path.name}: expected {expected} fused attention nodes and no Softmax, found {report['attention']} "
@@ -148,12 +154,18 @@ def check_fused(path: Path, expected: int) -> dict[str, int]:
     return report
 
 
+def _is_fused(model: nn.Module) -> bool:
+    from models.attention import MultiHeadAttention
+
+    return all(m.fused for m in model.modules() if isinstance(m, MultiHeadAttention))
+
+
 def export_classifier(model: nn.Module, directory: Path) -> dict[str, Any]:
     c = model.config
     path = directory / "model.onnx"
     _export(ClassifierGraph(model), (torch.rand(2, 1, c.image_size, c.image_size),), path,
             ({0: Dim("batch", min=1, max=4096)},), ["images"], ["logits"])
-    return {"model.onnx": check_fused(path, c.layers)}
+    return {"model.onnx": check_fused(path, c.layers, _is_fused(model))}
 
 
 def export_encoder_decoder(model: nn.Module, directory: Path, text_source: bool) -> dict[str, Any]:
@@ -179,7 +191,8 @@ def export_encoder_decoder(model: nn.Module, directory: Path, text_source: bool)
            [{0: batch, 2: past}] * n, [{0: batch, 2: past}] * n, [src_dim] * n, [src_dim] * n)
     inputs = ["input_ids", "position_ids", "self_mask", "cross_mask"] + kv_names("past_key_values", n) + kv_names("cross", n)
     _export(DecoderStepGraph(model.decoder), args, dec_path, dyn, inputs, ["logits"] + kv_names("present", n))
-    return {"encoder.onnx": check_fused(enc_path, enc_attn), "decoder.onnx": check_fused(dec_path, 2 * n)}
+    fused = _is_fused(model)
+    return {"encoder.onnx": check_fused(enc_path, enc_attn, fused), "decoder.onnx": check_fused(dec_path, 2 * n, fused)}
 
 
 # --------------------------------------------------------------------------------------- precision

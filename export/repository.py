@@ -126,6 +126,11 @@ def check_captioner(directory: Path, model, tok, options: ExportOptions) -> dict
     return report
 
 
+def runtime_config(model, precision: str = "fp32") -> dict[str, Any]:
+    """What ``service.runtime.EncoderDecoderRuntime`` needs to drive an encoder/decoder pair."""
+    return {"precision": precision, "decoder": _decoder_config(model.config), "special_tokens": SPECIAL}
+
+
 def _decoder_config(c) -> dict[str, Any]:
     return {"layers": c.decoder_layers, "heads": c.n_heads, "head_dim": c.d_model // c.n_heads,
             "vocab_size": c.vocab_size, "max_len": c.max_len}
