@@ -6,7 +6,8 @@ warning, and the CPU provider is always last, so a machine without a GPU runs ev
 
 On CUDA, a decoding step runs through IOBinding: the ``present.*`` outputs stay in device memory and are
 bound as the next step's ``past_key_values.*`` inputs, cross-attention K/V are uploaded once per request,
-and only the ``(B, V)`` logits come back to the host each step. The same binding code runs on CPU (device
+beam search reorders cache rows on the device (a one-node ``Gather`` graph on the same provider), and only
+the ``(B, V)`` logits come back to the host each step. The same binding code runs on CPU (device
 ``cpu``), which is how it is tested on machines without a GPU.
 """
 
@@ -64,6 +65,25 @@ def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions())
     return ort.InferenceSession(str(path), sess_options=so, providers=providers, provider_options=provider_options)
 
 
+def gather_session(float_type: type, providers: list[str], options: RuntimeOptions) -> ort.InferenceSession:
+    """A one-node ``Gather(axis=0)`` graph on the decoder's provider: reorders cache rows (beam search) on the
+    device, so beams never send the KV cache through host memory."""
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT16 if float_type == np.float16 else TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["data", "rows"], ["out"], axis=0)],
+        "reorder_rows",
+        [helper.make_tensor_value_info("data", elem, None), helper.make_tensor_value_info("rows", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", elem, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=providers)
+
+
 def device_of(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] == CUDA else "cpu"
 
@@ -79,6 +99,7 @@ class EncoderDecoderRuntime:
         self.layers = self.config["decoder"]["layers"]
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name.startswith("past_key_values"))
         self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
+        self.gather = gather_session(self.float_type, self.decoder.get_providers(), options)
 
     @property
     def device(self) -> str:
@@ -131,10 +152,17 @@ class OrtInference:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
     def _set_source(self, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
-        self.cross_host = [np.ascontiguousarray(a) for a in cross_kv]  # kept for rearranging beams
         self.cross_mask = np.ascontiguousarray(cross_mask.astype(bool))
-        self.cross = [self._to_device(a) for a in self.cross_host]  # uploaded once, reused every step
+        self.cross = [self._to_device(a) for a in cross_kv]  # uploaded once, reused every step
         self.cross_mask_value = self._to_device(self.cross_mask)
+
+    def _gather(self, value: ort.OrtValue, rows: ort.OrtValue) -> ort.OrtValue:
+        binding = self.rt.gather.io_binding()
+        binding.bind_ortvalue_input("data", value)
+        binding.bind_ortvalue_input("rows", rows)
+        binding.bind_output("out", self.device)
+        self.rt.gather.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32."""
@@ -159,9 +187,13 @@ class OrtInference:
         return outputs[0].numpy().astype(np.float32, copy=False)
 
     def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
-        """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change."""
-        self.past = [self._to_device(v.numpy()[source_rows]) for v in self.past]
-        self._set_source([a[source_rows] for a in self.cross_host], self.cross_mask[source_rows])
+        """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change.
+        Self- and cross-attention K/V are gathered on the device; only the small source mask is on the host."""
+        rows = self._to_device(np.asarray(source_rows, dtype=np.int64))
+        self.past = [self._gather(v, rows) for v in self.past]
+        self.cross = [self._gather(v, rows) for v in self.cross]
+        self.cross_mask = np.ascontiguousarray(self.cross_mask[source_rows])
+        self.cross_mask_value = self._to_device(self.cross_mask)
         self.batch = len(source_rows)
 
     def release(self) -> None:
