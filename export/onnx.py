@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import shutil
 import tempfile
@@ -33,16 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from models import checkpoint
-from models.data import digits as digit_data
-from models.data import text as text_data
-from models.layers import set_fused
 
 OPSET = 23
 FUSED_OPS = {("", "Attention"), ("com.microsoft", "MultiHeadAttention")}

@@ -193,7 +193,11 @@ def greedy_decode(
     eos_id: int,
     max_new_tokens: int,
 ) -> list[list[int]]:
-    """Batched greedy decoding with a KV cache; each row stops at its own EOS (EOS not returned)."""
+    """Batched greedy decoding with a KV cache; each row stops at its own EOS (EOS not returned).
+
+    Used to score models during training, and deliberately kept apart from ``service.decoding``: it is the
+    independent PyTorch reference that the ONNX Runtime engine's greedy output is checked against.
+    """
     b = memory.size(0)
     cross = decoder.cross_kv(memory)
     tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=memory.device)

@@ -29,7 +29,7 @@ from models import checkpoint
 from models.captioner import Captioner, CaptionerConfig
 from models.data import digits as digit_data
 from models.data import text as text_data
-from models.data.tokenizer import Tokenizer, train_tokenizer
+from models.data.tokenizer import train_tokenizer
 from models.translator import Translator, TranslatorConfig, translate
 from models.vit import ViT, ViTConfig
 
@@ -78,9 +78,12 @@ class Task:
     metric: str  # the validation figure plotted and reported on the progress bar
     curve_label = "validation"  # what the periodic evaluation is run on, for the plot
     train_config: TrainConfig
+    tiny_train_config: TrainConfig  # --tiny: a smoke test of the pipeline in seconds
 
     def __init__(self, tiny: bool = False) -> None:
         self.tiny = tiny
+        if tiny:
+            self.train_config = self.tiny_train_config
 
     def model(self) -> nn.Module: ...
     def batches(self, seed: int) -> Iterator[Any]: ...
@@ -98,6 +101,7 @@ def _seq_loss(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
 class TranslatorTask(Task):
     name, metric = "translator", "bleu"
     train_config = TrainConfig(steps=2800, batch_size=96, lr=2e-3, warmup_steps=300, eval_every=700, label_smoothing=0.1)
+    tiny_train_config = TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=15)
     vocab_size = 2000
 
     def __init__(self, tiny: bool = False) -> None:
@@ -105,7 +109,6 @@ class TranslatorTask(Task):
         corpus_config = text_data.CorpusConfig()
         if tiny:
             corpus_config = replace(corpus_config, n_dates=600, n_cardinals=400, n_ordinals=300, n_quantities=600, n_valid=50, n_test=50)
-            self.train_config = TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=15)
         self.splits = text_data.build_corpus(corpus_config)
         texts = [t for pair in self.splits["train"] for t in pair]
         self.tokenizer = train_tokenizer(texts, 400 if tiny else self.vocab_size)
@@ -179,11 +182,10 @@ class ClassifierTask(Task):
     name, metric = "classifier", "accuracy"
     curve_label = "test (monitored only: the last step is shipped, nothing is selected on it)"
     train_config = TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=200, eval_every=500, weight_decay=0.05)
+    tiny_train_config = TrainConfig(steps=20, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=10)
 
     def __init__(self, tiny: bool = False) -> None:
         super().__init__(tiny)
-        if tiny:
-            self.train_config = TrainConfig(steps=20, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=10)
         self.splits = digit_data.digit_splits()
 
     def model(self) -> nn.Module:
@@ -222,11 +224,10 @@ def parse_caption(caption: str) -> dict[int, int]:
 class CaptionerTask(Task):
     name, metric = "captioner", "exact_match"
     train_config = TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=200, eval_every=500, weight_decay=0.05)
+    tiny_train_config = TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10)
 
     def __init__(self, tiny: bool = False) -> None:
         super().__init__(tiny)
-        if tiny:
-            self.train_config = TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10)
         self.digits = digit_data.digit_splits()
         self.tokenizer = train_tokenizer(digit_data.all_caption_words(), 21, model_type="word")
         n_eval = 60 if tiny else 1000

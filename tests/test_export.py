@@ -11,10 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.onnx import ExportError, ExportOptions, check_fused, fusion_report
+from export.onnx import ExportError, ExportOptions, check_fused
 from export.repository import export_repository
 from models import checkpoint
-from models.data import text as text_data
 from service.runtime import EncoderDecoderRuntime
 
 ROOT = Path(__file__).resolve().parents[1]

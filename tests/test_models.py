@@ -7,7 +7,7 @@ import torch
 
 from models import checkpoint
 from models.captioner import Captioner, CaptionerConfig
-from models.layers import greedy_decode, set_fused
+from models.layers import set_fused
 from models.translator import Translator, TranslatorConfig
 from models.vit import ViT, ViTConfig
 

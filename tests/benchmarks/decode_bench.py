@@ -42,7 +42,7 @@ from models.data import text as text_data  # noqa: E402
 from models.attention import causal_mask  # noqa: E402
 from models.layers import set_fused  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
-from service.decoding import DecodingOptions, TorchInference, greedy  # noqa: E402
+from service.decoding import DecodingOptions, TorchInference  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session  # noqa: E402
 
 BASE = TranslatorConfig(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, max_len=256)
