@@ -109,13 +109,16 @@ def test_fusion_check_rejects_a_decomposed_graph(tmp_path):
         check_fused(tmp_path / "model.onnx", 4)  # what every shipped graph must pass
 
 
-def test_int8_export_records_its_quality_delta(tmp_path):
-    report = export_repository(tmp_path, ExportOptions(precision="int8"), models=("classifier",))
+@pytest.mark.parametrize("precision,marker_op", [("int8", "MatMulInteger"), ("fp16", "Cast")])
+def test_reduced_precision_export_records_its_quality_delta(tmp_path, precision, marker_op):
+    report = export_repository(tmp_path, ExportOptions(precision=precision), models=("classifier",))
     q = report["classifier"]["quality"]
-    assert report["classifier"]["precision"] == "int8"
-    assert report["classifier"]["fused_attention"]["model.onnx"] == {"attention": 4, "softmax": 0}
+    assert report["classifier"]["precision"] == precision
+    assert report["classifier"]["fused_attention"]["model.onnx"] == {"attention": 4, "softmax": 0}  # still fused
     assert abs(q["accuracy_delta"]) <= 0.01 and "max_abs_logit_diff_vs_pytorch" in q
-    assert any(n.op_type == "MatMulInteger" or n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(tmp_path / "classifier/1/model.onnx")).graph.node)
+    written = json.loads((tmp_path / "classifier/1/config.json").read_text())
+    assert written["quality"]["accuracy_delta"] == q["accuracy_delta"]
+    assert marker_op in {n.op_type for n in onnx.load(str(tmp_path / "classifier/1/model.onnx")).graph.node}
 
 
 def test_export_cli_rejects_cuda_without_a_gpu():
