@@ -37,6 +37,8 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from service.runtime import kv_names
+
 
 OPSET = 23
 FUSED_OPS = {("", "Attention"), ("com.microsoft", "MultiHeadAttention")}
@@ -103,10 +105,6 @@ class DecoderStepGraph(nn.Module):
             positions=position_ids,
         )
         return (logits[:, -1],) + tuple(k for k, _ in present) + tuple(v for _, v in present)
-
-
-def kv_names(prefix: str, layers: int) -> list[str]:
-    return [f"{prefix}.{i}.key" for i in range(layers)] + [f"{prefix}.{i}.value" for i in range(layers)]
 
 
 def _export(module: nn.Module, args: tuple, path: Path, dynamic_shapes: Any, inputs: list[str], outputs: list[str]) -> None:

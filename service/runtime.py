@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
+def kv_names(prefix: str, layers: int) -> list[str]:
+    """``prefix.0.key … prefix.{L-1}.key, prefix.0.value …``: the order K/V lists use everywhere."""
+    return [f"{prefix}.{i}.key" for i in range(layers)] + [f"{prefix}.{i}.value" for i in range(layers)]
+
+
 def select_providers(requested: str | None = None, available: Sequence[str] | None = None) -> list[str]:
     """Providers to use, in order: ``requested`` (or ``$ORT_PROVIDERS``) filtered by what is available, CPU last."""
     available = list(ort.get_available_providers() if available is None else available)
@@ -110,7 +115,7 @@ class EncoderDecoderRuntime:
         name = self.encoder.get_inputs()[0].name
         outputs = self.encoder.run(None, {name: inputs})
         cross = dict(zip((o.name for o in self.encoder.get_outputs()), outputs))
-        kv = [cross[f"cross.{i}.key"] for i in range(self.layers)] + [cross[f"cross.{i}.value"] for i in range(self.layers)]
+        kv = [cross[name] for name in kv_names("cross", self.layers)]
         if source_mask is None:
             source_mask = np.ones((kv[0].shape[0], kv[0].shape[2]), dtype=bool)
         return kv, source_mask
@@ -141,9 +146,9 @@ class OrtInference:
         self.batch = cross_mask.shape[0]
         self.step = 0
         self.binding = runtime.decoder.io_binding()
-        self.cross_names = [f"cross.{i}.key" for i in range(self.layers)] + [f"cross.{i}.value" for i in range(self.layers)]
-        self.past_names = [f"past_key_values.{i}.key" for i in range(self.layers)] + [f"past_key_values.{i}.value" for i in range(self.layers)]
-        self.present_names = [f"present.{i}.key" for i in range(self.layers)] + [f"present.{i}.value" for i in range(self.layers)]
+        self.cross_names = kv_names("cross", self.layers)
+        self.past_names = kv_names("past_key_values", self.layers)
+        self.present_names = kv_names("present", self.layers)
         self._set_source(cross_kv, cross_mask)
         empty = np.zeros((self.batch, self.heads, 0, self.head_dim), dtype=runtime.float_type)
         self.past: list[ort.OrtValue] = [self._to_device(empty) for _ in self.past_names]

@@ -34,7 +34,7 @@ from torch.export import Dim
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx import _export, export_classifier, export_encoder_decoder, kv_names  # noqa: E402
+from export.onnx import _export, export_classifier, export_encoder_decoder  # noqa: E402
 from export.repository import runtime_config  # noqa: E402
 from models import checkpoint  # noqa: E402
 from models.data import digits as digit_data  # noqa: E402
@@ -43,7 +43,7 @@ from models.attention import causal_mask  # noqa: E402
 from models.layers import set_fused  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
 from service.decoding import DecodingOptions, TorchInference  # noqa: E402
-from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session  # noqa: E402
+from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session, kv_names  # noqa: E402
 
 BASE = TranslatorConfig(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, max_len=256)
 LENGTHS = (16, 32, 64, 128)

@@ -1,0 +1,259 @@
+"""Iteration-level batching (Orca, Yu et al., OSDI 2022): one decoding loop per decoder replica.
+
+Requests do not wait for each other. Between two decoding steps the loop admits waiting requests (their
+encoder pass runs then, once, producing their cross-attention K/V) and retires every sequence that has
+finished, so a short request that arrives while a long one is decoding joins the running batch at the next
+step and leaves as soon as it is done.
+
+The loop is schedule → execute → update (vLLM's ``EngineCore.step``):
+
+* schedule: retire finished/cancelled sequences, admit new ones up to ``max_batch``;
+* execute: one ``decoder.onnx`` step for the whole batch;
+* update: append each row's argmax token, stream it, mark EOS / length / deadline.
+
+Sequences of different ages share one batch through the decoder's ``self_mask`` and ``position_ids``: the
+batch holds one KV cache ``(B, H, P, Dh)`` per layer in which each row has its own valid columns (a row
+admitted late starts with all earlier columns masked out). Columns no live row uses any more are trimmed
+whenever the batch changes. Greedy decoding only: beam search runs per request through
+``EncoderDecoderRuntime.generate``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.runtime import EncoderDecoderRuntime, kv_names
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_batch: int = 32  # sequences decoded together in one step
+    max_queue: int = 256  # waiting requests beyond this are refused (QueueFull)
+    idle_wait_s: float = 0.05  # how long the loop sleeps when there is nothing to do
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full: the caller should answer 503 / RESOURCE_EXHAUSTED."""
+
+
+@dataclass
+class Sequence:
+    """One request in the engine. ``future`` resolves to the generated token ids (EOS excluded)."""
+
+    source: np.ndarray  # encoder input for one request: token ids (S,) or an image (1, H, W)
+    max_new_tokens: int
+    deadline: float | None = None  # time.monotonic() after which the sequence is dropped
+    on_token: Callable[[int], None] | None = None  # called from the engine thread for every new token
+    id: int = field(default_factory=itertools.count().__next__)
+    tokens: list[int] = field(default_factory=list)
+    future: Future = field(default_factory=Future)
+    cancelled: bool = False
+    finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "error"
+    admitted_at_step: int | None = None
+    finished_at_step: int | None = None
+
+    def cancel(self) -> None:
+        """Drop the sequence at the next step boundary (client gone); its cache is freed then."""
+        self.cancelled = True
+
+
+class DecodeEngine:
+    """The decode loop of one replica; thread-safe ``submit``; ``start`` / ``stop`` the loop thread."""
+
+    def __init__(self, runtime: EncoderDecoderRuntime, options: EngineOptions = EngineOptions()) -> None:
+        self.rt, self.options = runtime, options
+        special = runtime.config["special_tokens"]
+        self.bos, self.eos, self.pad = special["bos"], special["eos"], special["pad"]
+        self.layers = runtime.layers
+        self.text_source = runtime.config.get("encoder", {}).get("input", "input_ids") == "input_ids"
+        self.waiting: deque[Sequence] = deque()
+        self.lock = threading.Condition()
+        self.running = False
+        self.thread: threading.Thread | None = None
+        self.steps = 0
+        self._reset_batch()
+
+    # ----------------------------------------------------------------------------------- public API
+
+    def submit(self, seq: Sequence) -> Sequence:
+        with self.lock:
+            if len(self.waiting) >= self.options.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests already waiting")
+            self.waiting.append(seq)
+            self.lock.notify()
+        return seq
+
+    def start(self) -> DecodeEngine:
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.lock:
+            self.running = False
+            self.lock.notify()
+        if self.thread:
+            self.thread.join()
+        for seq in list(self.active) + list(self.waiting):
+            self._finish(seq, "cancelled")
+        self._reset_batch()
+        self.waiting.clear()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(sequences decoding, sequences waiting)."""
+        return len(self.active), len(self.waiting)
+
+    # ------------------------------------------------------------------------------------- the loop
+
+    def _reset_batch(self) -> None:
+        self.active: list[Sequence] = []
+        self.past: list[np.ndarray] = []  # 2L arrays (B, H, P, Dh): keys of every layer, then values
+        self.valid = np.zeros((0, 0), dtype=bool)  # (B, P): which cache columns belong to each row
+        self.cross: list[np.ndarray] = []  # 2L arrays (B, H, S, Dh)
+        self.cross_mask = np.zeros((0, 0), dtype=bool)  # (B, S)
+        self.last = np.zeros(0, dtype=np.int64)  # (B,) token fed at the next step
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                while self.running and not self.active and not self.waiting:
+                    self.lock.wait(self.options.idle_wait_s)
+                if not self.running:
+                    return
+            try:
+                self.step()
+            except Exception as error:  # a failing step fails its sequences, never the loop
+                for seq in self.active:
+                    seq.finish_reason = "error"
+                    if not seq.future.done():
+                        seq.future.set_exception(error)
+                self._reset_batch()
+
+    def step(self) -> None:
+        """schedule → execute → update, once (also callable directly, without the loop thread)."""
+        self._schedule()
+        if not self.active:
+            return
+        logits = self._execute()
+        self._update(logits)
+        self.steps += 1
+
+    def _schedule(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for i, seq in enumerate(self.active):
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+            elif seq.deadline is not None and now > seq.deadline:
+                self._finish(seq, "deadline")
+            elif seq.finish_reason is None:
+                keep.append(i)
+        if len(keep) != len(self.active):
+            self._select_rows(np.array(keep, dtype=np.int64))
+        with self.lock:
+            room = self.options.max_batch - len(self.active)
+            admitted = []
+            while self.waiting and room > 0:
+                seq = self.waiting.popleft()
+                if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
+                    self._finish(seq, "cancelled" if seq.cancelled else "deadline")
+                    continue
+                admitted.append(seq)
+                room -= 1
+        if admitted:
+            self._admit(admitted)
+
+    def _select_rows(self, rows: np.ndarray) -> None:
+        self.active = [self.active[i] for i in rows]
+        if not self.active:
+            self._reset_batch()
+            return
+        self.past = [a[rows] for a in self.past]
+        self.valid = self.valid[rows]
+        self.cross = [a[rows] for a in self.cross]
+        self.cross_mask = self.cross_mask[rows]
+        self.last = self.last[rows]
+        used = np.flatnonzero(self.valid.any(axis=0))  # trim cache columns no live row needs
+        first = int(used[0]) if len(used) else self.valid.shape[1]
+        if first:
+            self.past = [a[:, :, first:] for a in self.past]
+            self.valid = self.valid[:, first:]
+        s = int(np.flatnonzero(self.cross_mask.any(axis=0)).max()) + 1  # trim source padding
+        self.cross = [a[:, :, :s] for a in self.cross]
+        self.cross_mask = self.cross_mask[:, :s]
+
+    def _admit(self, seqs: list[Sequence]) -> None:
+        """Encode the newcomers together (cross K/V computed once, here) and append them as new rows."""
+        if self.text_source:
+            longest = max(len(s.source) for s in seqs)
+            src = np.full((len(seqs), longest), self.pad, dtype=np.int64)
+            for i, s in enumerate(seqs):
+                src[i, : len(s.source)] = s.source
+            cross, mask = self.rt.encode(src, src != self.pad)
+        else:
+            cross, mask = self.rt.encode(np.stack([s.source for s in seqs]).astype(np.float32), None)
+        b_new = len(seqs)
+        heads, head_dim = cross[0].shape[1], cross[0].shape[3]
+        if not self.active:
+            self.past = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
+            self.valid = np.zeros((0, 0), dtype=bool)
+            self.cross = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
+            self.cross_mask = np.zeros((0, 0), dtype=bool)
+        p = self.valid.shape[1]
+        s_old, s_new = self.cross_mask.shape[1], mask.shape[1]
+        s = max(s_old, s_new)
+        pad_s = lambda a, width: np.pad(a, ((0, 0), (0, 0), (0, width - a.shape[2]), (0, 0)))
+        self.past = [np.concatenate([a, np.zeros((b_new, heads, p, head_dim), dtype=a.dtype)]) for a in self.past]
+        self.valid = np.concatenate([self.valid, np.zeros((b_new, p), dtype=bool)])
+        self.cross = [np.concatenate([pad_s(old, s), pad_s(new, s)]) for old, new in zip(self.cross, cross)]
+        self.cross_mask = np.concatenate([np.pad(self.cross_mask, ((0, 0), (0, s - s_old))), np.pad(mask, ((0, 0), (0, s - s_new)))])
+        self.last = np.concatenate([self.last, np.full(b_new, self.bos, dtype=np.int64)])
+        for seq in seqs:
+            seq.admitted_at_step = self.steps
+        self.active += seqs
+
+    def _execute(self) -> np.ndarray:
+        b = len(self.active)
+        feeds = {
+            "input_ids": self.last[:, None],
+            "position_ids": self.valid.sum(axis=1, keepdims=True).astype(np.int64),  # each row's own length
+            "self_mask": np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1),
+            "cross_mask": self.cross_mask,
+        }
+        feeds.update(zip(kv_names("past_key_values", self.layers), self.past))
+        feeds.update(zip(kv_names("cross", self.layers), self.cross))
+        outputs = self.rt.decoder.run(None, feeds)
+        self.past = outputs[1:]  # present.*: one more column, valid for every live row
+        self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)
+        return outputs[0]
+
+    def _update(self, logits: np.ndarray) -> None:
+        nxt = logits.argmax(-1)
+        for i, seq in enumerate(self.active):
+            token = int(nxt[i])
+            if token == self.eos:
+                self._finish(seq, "eos")
+                continue
+            seq.tokens.append(token)
+            if seq.on_token is not None:
+                seq.on_token(token)
+            if len(seq.tokens) >= seq.max_new_tokens:
+                self._finish(seq, "length")
+        self.last = nxt.astype(np.int64)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.finish_reason is None:
+            seq.finish_reason = reason
+        seq.finished_at_step = self.steps
+        if not seq.future.done():
+            seq.future.set_result(list(seq.tokens))

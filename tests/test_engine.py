@@ -1,0 +1,149 @@
+"""Iteration-level batching: admission between steps, immediate retirement, deadlines, cancellation."""
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from models.data import digits as D
+from models.data import text as T
+from service.decoding import DecodingOptions
+from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
+from service.runtime import EncoderDecoderRuntime
+
+EOS = 3
+
+
+@pytest.fixture(scope="module")
+def translator(repo):
+    rt = EncoderDecoderRuntime(repo / "translator" / "1")
+    from models.data.tokenizer import Tokenizer
+
+    return rt, Tokenizer.load(repo / "translator" / "1")
+
+
+def ids(tok, text):
+    return np.array(tok.encode(text) + [EOS], dtype=np.int64)
+
+
+def offline(rt, tok, texts):
+    """The engine's reference: one padded batch through EncoderDecoderRuntime.generate (greedy)."""
+    rows = [ids(tok, t) for t in texts]
+    src = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, r in enumerate(rows):
+        src[i, : len(r)] = r
+    return rt.generate(src, src != 0, DecodingOptions(max_new_tokens=100))
+
+
+def run_until_idle(engine, limit=500):
+    for _ in range(limit):
+        engine.step()
+        if engine.load == (0, 0):
+            return
+    raise AssertionError("engine did not drain")
+
+
+def test_staggered_arrivals_give_the_offline_outputs(translator):
+    rt, tok = translator
+    texts = [s for s, _ in random.Random(3).sample(T.build_corpus()["test"], 40)]
+    engine = DecodeEngine(rt, EngineOptions(max_batch=8))
+    seqs = []
+    for i, text in enumerate(texts):  # a new request every step, more than max_batch in flight
+        seqs.append(engine.submit(Sequence(ids(tok, text), max_new_tokens=100)))
+        engine.step()
+    run_until_idle(engine)
+    assert [s.future.result() for s in seqs] == offline(rt, tok, texts)
+    assert {s.finish_reason for s in seqs} == {"eos"}
+    assert max(s.admitted_at_step for s in seqs) > 8  # later ones joined a running batch
+
+
+def test_short_request_overtakes_a_long_one(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt)
+    long = engine.submit(Sequence(ids(tok, "The meeting is on Wednesday, September 27, 2084."), max_new_tokens=100))
+    for _ in range(3):
+        engine.step()
+    short = engine.submit(Sequence(ids(tok, "nine"), max_new_tokens=100))
+    run_until_idle(engine)
+    assert short.finished_at_step < long.finished_at_step
+    assert short.admitted_at_step == 3 and long.admitted_at_step == 0
+    assert tok.decode(short.future.result()) == "neuf"
+    assert tok.decode(long.future.result()) == "La réunion a lieu le mercredi 27 septembre 2084."
+
+
+def test_short_finishes_first_on_the_running_loop(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt).start()
+    try:
+        done_at = {}
+        long = Sequence(ids(tok, "nine hundred and ninety-nine thousand, nine hundred and ninety-seventh"), max_new_tokens=200)
+        long.future.add_done_callback(lambda f: done_at.setdefault("long", time.monotonic()))
+        engine.submit(long)
+        while not long.tokens:  # the long one is decoding
+            time.sleep(0.001)
+        short = Sequence(ids(tok, "one"), max_new_tokens=100)
+        short.future.add_done_callback(lambda f: done_at.setdefault("short", time.monotonic()))
+        engine.submit(short)
+        assert tok.decode(short.future.result(timeout=30)) == "un"
+        long.future.result(timeout=30)
+        assert done_at["short"] < done_at["long"]
+    finally:
+        engine.stop()
+
+
+def test_deadline_and_cancel_leave_the_batch(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt)
+    late = engine.submit(Sequence(ids(tok, "Friday, March 14, 2025"), max_new_tokens=100, deadline=time.monotonic() + 3600))
+    gone = engine.submit(Sequence(ids(tok, "Thursday, April 12, 1973"), max_new_tokens=100))
+    engine.step()
+    late.deadline = time.monotonic() - 1  # expired while decoding
+    gone.cancel()
+    engine.step()
+    assert late.finish_reason == "deadline" and gone.finish_reason == "cancelled"
+    assert late.future.done() and gone.future.done()
+    assert engine.load == (0, 0) and engine.valid.shape == (0, 0)  # caches freed
+
+
+def test_max_new_tokens_and_streaming_callback(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt)
+    seen = []
+    seq = engine.submit(Sequence(ids(tok, "Friday, March 14, 2025"), max_new_tokens=3, on_token=seen.append))
+    run_until_idle(engine)
+    assert seq.finish_reason == "length" and len(seq.future.result()) == 3 and seen == seq.future.result()
+
+
+def test_queue_is_bounded(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_queue=2))
+    engine.submit(Sequence(ids(tok, "one"), 5))
+    engine.submit(Sequence(ids(tok, "two"), 5))
+    with pytest.raises(QueueFull):
+        engine.submit(Sequence(ids(tok, "three"), 5))
+
+
+def test_cache_columns_are_trimmed_when_old_rows_leave(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt)
+    first = engine.submit(Sequence(ids(tok, "one"), max_new_tokens=100))
+    engine.step()  # first decodes alone for one step
+    second = engine.submit(Sequence(ids(tok, "The deadline is Thursday, April 12, 1973."), max_new_tokens=100))
+    while first.finish_reason is None:
+        engine.step()
+    engine.step()  # the next schedule retires the first row
+    assert engine.active == [second]
+    assert engine.valid.shape[1] == engine.valid[0].sum()  # columns only the retired row used are gone
+    run_until_idle(engine)
+    assert tok.decode(second.future.result()) == "La date limite est le jeudi 12 avril 1973."
+
+
+def test_captioner_through_the_engine(repo):
+    rt = EncoderDecoderRuntime(repo / "captioner" / "1")
+    canvases, _, _ = D.make_scenes(D.digit_splits()["test"], 12, seed=2)
+    images = canvases[:, None].astype(np.float32) / 255
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4))
+    seqs = [engine.submit(Sequence(img, max_new_tokens=40)) for img in images]
+    run_until_idle(engine)
+    assert [s.future.result() for s in seqs] == rt.generate(images, None, DecodingOptions(max_new_tokens=40))
