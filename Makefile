@@ -41,7 +41,7 @@ $(REPO)/.complete: | $(VENV)/.installed
 	touch $@
 
 run: install $(REPO)/.complete
-	$(PY) -m service.app
+	MODEL_REPOSITORY=$(REPO) $(PY) -m service.app
 
 test: install-test
 	$(PY) -m pytest

@@ -1,42 +1,61 @@
-"""Entry point of ``make run``.
+"""``make run``: a local Ray instance with Serve, serving the three models from the ONNX model repository.
 
-The Ray Serve application (HTTP :8000, gRPC :9000, metrics :8080) is not part of the project yet. Until it
-is, ``make run`` checks what exists: it loads the three shipped checkpoints, answers one example request of
-each kind in-process with PyTorch, and says so. It never trains.
+HTTP on ``SERVE_HTTP_PORT`` (default 8000) with OpenAPI docs at ``/docs``; the repository is read from
+``MODEL_REPOSITORY`` (default ``model_repository/``, which ``make run`` exports first if missing). Stays in
+the foreground until Ctrl-C (or SIGTERM), then shuts Serve and Ray down.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
-
-import torch
-
-from models import checkpoint
-from models.data import digits as D
-from models.translator import translate
+from pathlib import Path
 
 
 def main() -> int:
-    started = time.time()
-    torch.set_num_threads(1)
-    translator, text_tok = checkpoint.load("translator")
-    classifier, _ = checkpoint.load("classifier")
-    captioner, caption_tok = checkpoint.load("captioner")
-    print(f"loaded 3 checkpoints from {checkpoint.CHECKPOINTS} in {time.time() - started:.1f} s")
+    repository = Path(os.environ.get("MODEL_REPOSITORY", "model_repository")).resolve()
+    missing = [m for m in ("translator", "classifier", "captioner") if not (repository / m / "1" / "config.json").exists()]
+    if missing:
+        print(f"error: {repository} has no {', '.join(missing)}; run `python -m export --out {repository}` first", file=sys.stderr)
+        return 2
+    port = int(os.environ.get("SERVE_HTTP_PORT", "8000"))
 
-    src = "Friday, March 14, 2025"
-    print(f"translator: {src!r} -> {translate(translator, text_tok, [src])[0]!r}")
+    import ray
+    from ray import serve
 
-    test = D.digit_splits()["test"]
-    with torch.no_grad():
-        probs = classifier(torch.from_numpy(test.images[:1])[:, None]).softmax(-1)[0]
-    print(f"classifier: test digit labelled {test.labels[0]} -> {int(probs.argmax())} (p={float(probs.max()):.3f})")
+    from service.ingress import build_app
 
-    canvases, captions, _ = D.make_scenes(test, 1, seed=7)
-    hyp = caption_tok.decode(captioner.generate(torch.from_numpy(canvases).float()[:, None] / 255)[0])
-    print(f"captioner: scene of {captions[0]!r} -> {hyp!r}")
-    print("The network service (Ray Serve on :8000/:9000, metrics on :8080) is not built yet; nothing to keep running.")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(str(repository)), name="inference", route_prefix="/", blocking=False)
+        started = time.time()
+        import requests
+
+        while not stop.is_set():
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        if not stop.is_set():
+            print(f"\nready in {time.time() - started:.0f} s: http://127.0.0.1:{port}  (OpenAPI: http://127.0.0.1:{port}/docs)")
+            print("try:")
+            print(f"  curl -s -X POST http://127.0.0.1:{port}/v1/translate -H 'content-type: application/json' "
+                  "-d '{\"text\": \"Friday, March 14, 2025\"}'")
+            print("Ctrl-C to stop.", flush=True)
+        stop.wait()
+    finally:
+        print("shutting down…", flush=True)
+        serve.shutdown()
+        ray.shutdown()
     return 0
 
 

@@ -1,15 +1,47 @@
-"""`make run`'s entry point, for as long as it only demonstrates the shipped checkpoints."""
+"""`make run`'s entry point: starts, serves, and stops cleanly on Ctrl-C."""
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import requests
 
-def test_make_run_entry_point_answers_one_request_of_each_kind():
-    proc = subprocess.run(
-        [sys.executable, "-m", "service.app"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    assert "translator: 'Friday, March 14, 2025' -> 'vendredi 14 mars 2025'" in out
-    assert "classifier:" in out and "captioner:" in out
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "MODEL_REPOSITORY": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 240
+        while not any("ready in" in line for line in lines):  # make run announces readiness itself
+            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        r = requests.post(f"http://127.0.0.1:{port}/v1/translate", json={"text": "Friday, March 14, 2025"}, timeout=30)
+        assert r.json()["translations"] == ["vendredi 14 mars 2025"]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+        out = "".join(lines)
+        assert proc.returncode == 0, out[-3000:]
+        assert "curl" in out and "shutting down" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_missing_repository_is_a_clear_error(tmp_path):
+    env = {**os.environ, "MODEL_REPOSITORY": str(tmp_path / "nowhere")}
+    proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "python -m export" in proc.stderr

@@ -1,0 +1,76 @@
+"""Turning a client's image bytes into model inputs, with clear errors for anything that is not an image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_BYTES = 4 * 2**20
+MAX_SIDE = 4096
+FORMATS = {"PNG", "JPEG", "BMP"}
+
+
+class BadImage(ValueError):
+    """The bytes are not a usable PNG/JPEG/BMP image (the message says why)."""
+
+
+def decode(data: bytes) -> Image.Image:
+    if not data:
+        raise BadImage("empty image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImage(f"image is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.format not in FORMATS:
+            raise BadImage(f"unsupported image format {image.format}; send PNG, JPEG or BMP")
+        if max(image.size) > MAX_SIDE:
+            raise BadImage(f"image is {image.size[0]}×{image.size[1]} px; the limit is {MAX_SIDE} px a side")
+        image.load()
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImage(f"not a readable PNG/JPEG/BMP image ({e.__class__.__name__})") from None
+    return image
+
+
+def digit_input(data: bytes, size: int = 8) -> np.ndarray:
+    """Any digit picture → ``(1, size, size)`` float32 in [0, 1], light ink on dark like scikit-learn's digits.
+
+    Converted to grayscale; dark-on-light pictures (a border brighter than the average) are inverted; an image
+    of another size is cropped to its ink, padded to a centred square and area-averaged to ``size × size``.
+    """
+    gray = np.asarray(decode(data).convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > gray.mean():  # light background: ink is dark
+        gray = 1.0 - gray
+    gray = gray - gray.min()
+    if gray.max() > 0:
+        gray = gray / gray.max()
+    if gray.shape != (size, size):  # crop to the ink, pad to a centred square, average down (like the UCI digits)
+        rows, cols = np.flatnonzero(gray.max(1) > 0.25), np.flatnonzero(gray.max(0) > 0.25)
+        if len(rows) and len(cols):
+            gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            h, w = gray.shape
+            side = max(h, w)
+            square = np.zeros((side, side), dtype=np.float32)
+            square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = gray
+            gray = square
+    resized = Image.fromarray((gray * 255).astype(np.uint8)).resize((size, size), Image.BOX)
+    return (np.asarray(resized, dtype=np.float32) / 255.0)[None]
+
+
+def scene_input(data: bytes, size: int = 32) -> np.ndarray:
+    """A captioning scene → ``(1, size, size)`` float32 in [0, 1] (grayscale, resized if needed)."""
+    image = decode(data).convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return (np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 ``(H, W)`` → PNG bytes (for clients and tests)."""
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

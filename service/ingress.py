@@ -1,0 +1,224 @@
+"""HTTP ingress (FastAPI inside Ray Serve): validation, limits, deadlines, and the error format of the API.
+
+(No ``from __future__ import annotations`` here: FastAPI must see the real request-model classes, and
+Ray Serve rebuilds the class where string annotations cannot be resolved.)
+
+Every error is ``{"error": {"code": str, "message": str}}`` naming the offending field: 400 bad input,
+413 over a size limit, 422 schema violation, 503 overloaded (with ``Retry-After``), 504 deadline exceeded.
+Nothing a client sends produces a 500.
+"""
+
+
+import asyncio
+import base64
+import binascii
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from service.decoding import DecodingOptions
+from service.deployments import DeadlineExceeded, Overloaded
+from service.images import BadImage, digit_input, scene_input
+
+MAX_TEXT_CHARS, MAX_ITEMS = 512, 64
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+
+app = FastAPI(
+    title="attention-serving",
+    version="0.1.0",
+    description="EN→FR translation (narrow CLDR/num2words domain), ViT digit classification and digit-scene captioning.",
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    return error(e.status, e.code, e.message, e.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0] if e.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return error(400, "invalid_json", f"request body is not valid JSON: {first.get('msg', '')}")
+    return error(422, "invalid_field", f"{field}: {first.get('msg', 'invalid')}")
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    texts: list[str] | None = None
+    beam_size: int = Field(1, ge=1, le=8)
+    max_new_tokens: int = Field(128, ge=1, le=256)
+    return_attention: bool = False
+
+
+class TranslateResponse(BaseModel):
+    translations: list[str]
+    model: str = "translator"
+    tokens: list[int]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = None
+    images: list[str] | None = None
+    top_k: int = Field(5, ge=1, le=10)
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[list[Prediction]]
+    model: str = "classifier"
+
+
+class CaptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    beam_size: int = Field(1, ge=1, le=8)
+    max_new_tokens: int = Field(40, ge=1, le=256)
+    return_attention: bool = False
+
+
+class CaptionResponse(BaseModel):
+    captions: list[str]
+    model: str = "captioner"
+
+
+def one_or_many(single, many, field: str) -> list:
+    if (single is None) == (many is None):
+        raise ApiError(422, "invalid_field", f"send exactly one of '{field}' and '{field}s'")
+    items = [single] if many is None else many
+    if not items:
+        raise ApiError(422, "invalid_field", f"{field}s: must not be empty")
+    if len(items) > MAX_ITEMS:
+        raise ApiError(413, "too_many_items", f"{field}s: {len(items)} items; the limit is {MAX_ITEMS}")
+    return items
+
+
+def b64(data: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"{field}: not valid base64") from None
+
+
+def timeout_ms(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_header", f"{TIMEOUT_HEADER}: not a number") from None
+    if not value > 0:
+        raise ApiError(400, "invalid_header", f"{TIMEOUT_HEADER}: must be positive")
+    return value
+
+
+async def call(handle_call, timeout: float | None):
+    """Await a deployment call, mapping its failures onto the API's status codes."""
+    try:
+        if timeout is None:
+            return await handle_call
+        return await asyncio.wait_for(handle_call, timeout / 1000.0 + 0.05)
+    except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
+        raise ApiError(504, "deadline_exceeded", f"not finished within {TIMEOUT_HEADER}") from None
+    except Overloaded as e:
+        raise ApiError(503, "overloaded", str(e), {"Retry-After": "1"}) from None
+
+
+@serve.deployment(max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
+        self.translator, self.classifier, self.captioner = translator, classifier, captioner
+
+    @app.post("/v1/translate", response_model=TranslateResponse)
+    async def translate(self, body: TranslateRequest, request: Request) -> dict:
+        texts = one_or_many(body.text, body.texts, "text")
+        for i, t in enumerate(texts):
+            if len(t) > MAX_TEXT_CHARS:
+                raise ApiError(413, "text_too_long", f"texts[{i}]: {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
+            if not t.strip():
+                raise ApiError(400, "empty_text", f"texts[{i}]: empty")
+        if body.return_attention:
+            raise ApiError(400, "unsupported", "return_attention: not served yet")
+        options = DecodingOptions(beam_size=body.beam_size, max_new_tokens=body.max_new_tokens)
+        result = await call(self.translator.translate.remote(texts, options, timeout_ms(request)), timeout_ms(request))
+        return {**result, "model": "translator"}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(self, request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(422, "invalid_field", "image: a file field named 'image' is required")
+            payloads, top_k = [await upload.read()], 5
+        else:
+            try:
+                body = ClassifyRequest.model_validate_json(await request.body())
+            except ValueError as e:
+                raise RequestValidationError(getattr(e, "errors", lambda: [])()) from None
+            items = one_or_many(body.image, body.images, "image")
+            payloads, top_k = [b64(x, f"images[{i}]") for i, x in enumerate(items)], body.top_k
+        arrays = []
+        for i, data in enumerate(payloads):
+            try:
+                arrays.append(digit_input(data))
+            except BadImage as e:
+                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
+        predictions = await call(self.classifier.classify.remote(arrays, top_k), timeout_ms(request))
+        return {"predictions": predictions, "model": "classifier"}
+
+    @app.post("/v1/caption", response_model=CaptionResponse)
+    async def caption(self, body: CaptionRequest, request: Request) -> dict:
+        try:
+            image = scene_input(b64(body.image, "image"))
+        except BadImage as e:
+            raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"image: {e}") from None
+        if body.return_attention:
+            raise ApiError(400, "unsupported", "return_attention: not served yet")
+        options = DecodingOptions(beam_size=body.beam_size, max_new_tokens=body.max_new_tokens)
+        result = await call(self.captioner.caption.remote([image], options, timeout_ms(request)), timeout_ms(request))
+        return {"captions": result["captions"], "model": "captioner"}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        try:
+            checks = await asyncio.wait_for(asyncio.gather(
+                self.translator.ready.remote(), self.classifier.ready.remote(), self.captioner.ready.remote()), 5.0)
+        except Exception as e:  # a replica down or too slow: not ready
+            return error(503, "not_ready", f"a model is not answering: {e.__class__.__name__}")
+        ok = dict(zip(("translator", "classifier", "captioner"), checks))
+        return JSONResponse({"ready": all(ok.values()), "models": ok}, status_code=200 if all(ok.values()) else 503)
+
+
+def build_app(repository: str):
+    """The application graph: the ingress bound to one deployment per model."""
+    from service.deployments import Captioner, Classifier, Translator
+
+    return Ingress.bind(Translator.bind(repository), Classifier.bind(repository), Captioner.bind(repository))

@@ -1,0 +1,127 @@
+"""The real service: a local Ray instance with Serve, the ONNX repository, HTTP requests from a real client."""
+
+import base64
+import json
+import random
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from models.data import digits as D
+from models.data import text as T
+from service.decoding import DecodingOptions
+from service.images import encode_png
+from service.runtime import EncoderDecoderRuntime
+
+ray = pytest.importorskip("ray", reason="the service tests need ray[serve] (installed by make test)")
+from ray import serve  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(repo):
+    from service.ingress import build_app
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(str(repo)), name="inference", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("service did not become ready")
+    yield base
+    serve.shutdown()
+    ray.shutdown()
+
+
+def png_b64(array) -> str:
+    return base64.b64encode(encode_png(array)).decode()
+
+
+def test_health(url):
+    assert requests.get(url + "/healthz").status_code == 200
+    r = requests.get(url + "/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    assert "/v1/translate" in requests.get(url + "/openapi.json").json()["paths"]
+
+
+def test_translate_equals_the_offline_engine(url, repo):
+    texts = [s for s, _ in random.Random(7).sample(T.build_corpus()["test"], 12)]
+    r = requests.post(url + "/v1/translate", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rt = EncoderDecoderRuntime(repo / "translator" / "1")
+    from models.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(repo / "translator" / "1")
+    rows = [tok.encode(t) + [3] for t in texts]
+    src = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, row in enumerate(rows):
+        src[i, : len(row)] = row
+    offline = [tok.decode(o) for o in rt.generate(src, src != 0, DecodingOptions())]
+    assert body["translations"] == offline and body["model"] == "translator" and len(body["tokens"]) == 12
+    single = requests.post(url + "/v1/translate", json={"text": "Friday, March 14, 2025", "beam_size": 4}).json()
+    assert single["translations"] == ["vendredi 14 mars 2025"]
+
+
+def test_classify_json_and_multipart(url):
+    test = D.digit_splits()["test"]
+    images = [png_b64(np.round(img * 255)) for img in test.images[:20]]
+    r = requests.post(url + "/v1/classify", json={"images": images, "top_k": 3})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 20 and all(len(p) == 3 for p in preds)
+    assert sum(p[0]["label"] == str(l) for p, l in zip(preds, test.labels[:20])) >= 19
+    big = np.kron(255 - np.round(test.images[0] * 255), np.ones((8, 8)))  # 64×64, dark ink on white
+    r = requests.post(url + "/v1/classify", files={"image": ("digit.png", encode_png(big), "image/png")})
+    assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == str(test.labels[0])
+
+
+def test_caption(url):
+    canvases, captions, _ = D.make_scenes(D.digit_splits()["test"], 3, seed=11)
+    for canvas, caption in zip(canvases, captions):
+        r = requests.post(url + "/v1/caption", json={"image": png_b64(canvas)})
+        assert r.status_code == 200 and r.json()["captions"] == [caption]
+
+
+@pytest.mark.parametrize("route,payload,status,field", [
+    ("/v1/translate", {"text": "x" * 513}, 413, "texts[0]"),
+    ("/v1/translate", {"texts": ["one"] * 65}, 413, "texts"),
+    ("/v1/translate", {"text": "one", "beam_size": 9}, 422, "beam_size"),
+    ("/v1/translate", {"text": "one", "colour": "red"}, 422, "colour"),
+    ("/v1/translate", {}, 422, "text"),
+    ("/v1/classify", {"image": "not base64!"}, 400, "images[0]"),
+    ("/v1/classify", {"image": base64.b64encode(b"GIF89a not really").decode()}, 400, "images[0]"),
+    ("/v1/caption", {"image": base64.b64encode(b"\x89PNG\r\n\x1a\ntruncated").decode()}, 400, "image"),
+])
+def test_bad_input_is_a_clear_4xx(url, route, payload, status, field):
+    r = requests.post(url + route, json=payload)
+    assert r.status_code == status, r.text
+    assert field in r.json()["error"]["message"]
+
+
+def test_malformed_json_is_400(url):
+    r = requests.post(url + "/v1/translate", data=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422) and "error" in r.json()
+
+
+def test_deadline_is_504(url):
+    long = "The meeting is on Wednesday, September 27, 2084."
+    r = requests.post(url + "/v1/translate", json={"texts": [long] * 64}, headers={"X-Request-Timeout-Ms": "1"})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+    assert requests.post(url + "/v1/translate", json={"text": "nine"}).json()["translations"] == ["neuf"]  # still serving
