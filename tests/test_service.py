@@ -1,7 +1,6 @@
 """The real service: a local Ray instance with Serve, the ONNX repository, HTTP requests from a real client."""
 
 import base64
-import json
 import random
 import socket
 import time
