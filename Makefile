@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 REPO ?= model_repository
 
-.PHONY: run test install install-test export train clean help
+.PHONY: run test install install-test export proto train clean help
 
 help:
 	@echo "make run    install (if needed) and start what the project serves"
@@ -49,6 +49,9 @@ test: install-test
 export: install
 	$(PY) -m export --out $(REPO)
 	touch $(REPO)/.complete
+
+proto: install-test
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/inference.proto
 
 train: install
 	$(PY) -m models.train classifier

@@ -1,6 +1,7 @@
 """``make run``: a local Ray instance with Serve, serving the three models from the ONNX model repository.
 
-HTTP on ``SERVE_HTTP_PORT`` (default 8000) with OpenAPI docs at ``/docs``; the repository is read from
+HTTP on ``SERVE_HTTP_PORT`` (default 8000) with OpenAPI docs at ``/docs``, gRPC ``inference.v1.Inference`` on
+``SERVE_GRPC_PORT`` (default 9000); the repository is read from
 ``MODEL_REPOSITORY`` (default ``model_repository/``, which ``make run`` exports first if missing). Stays in
 the foreground until Ctrl-C (or SIGTERM), then shuts Serve and Ray down.
 """
@@ -22,18 +23,23 @@ def main() -> int:
         print(f"error: {repository} has no {', '.join(missing)}; run `python -m export --out {repository}` first", file=sys.stderr)
         return 2
     port = int(os.environ.get("SERVE_HTTP_PORT", "8000"))
+    grpc_port = int(os.environ.get("SERVE_GRPC_PORT", "9000"))
 
     import ray
     from ray import serve
+    from ray.serve.config import gRPCOptions
 
-    from service.ingress import build_app
+    from service.ingress import GRPC_SERVICERS, build_app
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
+        )
         serve.run(build_app(str(repository)), name="inference", route_prefix="/", blocking=False)
         started = time.time()
         import requests
@@ -46,7 +52,8 @@ def main() -> int:
                 pass
             time.sleep(0.5)
         if not stop.is_set():
-            print(f"\nready in {time.time() - started:.0f} s: http://127.0.0.1:{port}  (OpenAPI: http://127.0.0.1:{port}/docs)")
+            print(f"\nready in {time.time() - started:.0f} s: http://127.0.0.1:{port}  (OpenAPI: http://127.0.0.1:{port}/docs), "
+                  f"gRPC inference.v1.Inference on 127.0.0.1:{grpc_port}")
             print("try:")
             print(f"  curl -s -X POST http://127.0.0.1:{port}/v1/translate -H 'content-type: application/json' "
                   "-d '{\"text\": \"Friday, March 14, 2025\"}'")

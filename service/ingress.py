@@ -13,6 +13,8 @@ import asyncio
 import base64
 import binascii
 
+import grpc
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,6 +27,7 @@ from service.deployments import DeadlineExceeded, Overloaded
 from service.images import BadImage, digit_input, scene_input
 
 MAX_TEXT_CHARS, MAX_ITEMS = 512, 64
+GRPC_SERVICERS = ["proto.inference_pb2_grpc.add_InferenceServicer_to_server"]
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 app = FastAPI(
@@ -38,6 +41,15 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -152,18 +164,46 @@ class Ingress:
     def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
         self.translator, self.classifier, self.captioner = translator, classifier, captioner
 
-    @app.post("/v1/translate", response_model=TranslateResponse)
-    async def translate(self, body: TranslateRequest, request: Request) -> dict:
-        texts = one_or_many(body.text, body.texts, "text")
+    async def _translate(self, texts: list[str], beam_size: int, max_new_tokens: int, timeout: float | None) -> dict:
         for i, t in enumerate(texts):
             if len(t) > MAX_TEXT_CHARS:
                 raise ApiError(413, "text_too_long", f"texts[{i}]: {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
             if not t.strip():
                 raise ApiError(400, "empty_text", f"texts[{i}]: empty")
+        try:
+            options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
+        except ValueError as e:
+            raise ApiError(422, "invalid_field", str(e)) from None
+        return await call(self.translator.translate.remote(texts, options, timeout), timeout)
+
+    async def _classify(self, payloads: list[bytes], top_k: int, timeout: float | None) -> list:
+        if not 1 <= top_k <= 10:
+            raise ApiError(422, "invalid_field", f"top_k must be within 1..10, got {top_k}")
+        arrays = []
+        for i, data in enumerate(payloads):
+            try:
+                arrays.append(digit_input(data))
+            except BadImage as e:
+                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
+        return await call(self.classifier.classify.remote(arrays, top_k), timeout)
+
+    async def _caption(self, data: bytes, beam_size: int, max_new_tokens: int, timeout: float | None) -> dict:
+        try:
+            image = scene_input(data)
+        except BadImage as e:
+            raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"image: {e}") from None
+        try:
+            options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
+        except ValueError as e:
+            raise ApiError(422, "invalid_field", str(e)) from None
+        return await call(self.captioner.caption.remote([image], options, timeout), timeout)
+
+    @app.post("/v1/translate", response_model=TranslateResponse)
+    async def translate(self, body: TranslateRequest, request: Request) -> dict:
+        texts = one_or_many(body.text, body.texts, "text")
         if body.return_attention:
             raise ApiError(400, "unsupported", "return_attention: not served yet")
-        options = DecodingOptions(beam_size=body.beam_size, max_new_tokens=body.max_new_tokens)
-        result = await call(self.translator.translate.remote(texts, options, timeout_ms(request)), timeout_ms(request))
+        result = await self._translate(texts, body.beam_size, body.max_new_tokens, timeout_ms(request))
         return {**result, "model": "translator"}
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
@@ -181,26 +221,73 @@ class Ingress:
                 raise RequestValidationError(getattr(e, "errors", lambda: [])()) from None
             items = one_or_many(body.image, body.images, "image")
             payloads, top_k = [b64(x, f"images[{i}]") for i, x in enumerate(items)], body.top_k
-        arrays = []
-        for i, data in enumerate(payloads):
-            try:
-                arrays.append(digit_input(data))
-            except BadImage as e:
-                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
-        predictions = await call(self.classifier.classify.remote(arrays, top_k), timeout_ms(request))
+        predictions = await self._classify(payloads, top_k, timeout_ms(request))
         return {"predictions": predictions, "model": "classifier"}
 
     @app.post("/v1/caption", response_model=CaptionResponse)
     async def caption(self, body: CaptionRequest, request: Request) -> dict:
-        try:
-            image = scene_input(b64(body.image, "image"))
-        except BadImage as e:
-            raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"image: {e}") from None
         if body.return_attention:
             raise ApiError(400, "unsupported", "return_attention: not served yet")
-        options = DecodingOptions(beam_size=body.beam_size, max_new_tokens=body.max_new_tokens)
-        result = await call(self.captioner.caption.remote([image], options, timeout_ms(request)), timeout_ms(request))
+        result = await self._caption(b64(body.image, "image"), body.beam_size, body.max_new_tokens, timeout_ms(request))
         return {"captions": result["captions"], "model": "captioner"}
+
+    # gRPC: inference.v1.Inference (proto/inference.proto). Ray Serve routes each RPC to the method of the
+    # same name; errors become INVALID_ARGUMENT / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, never INTERNAL.
+
+    async def _grpc(self, context, empty, work):
+        try:
+            return await work()
+        except ApiError as e:
+            context.set_code(GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT))
+            context.set_details(e.message)
+            return empty
+
+    async def Translate(self, request, grpc_context):
+        from proto import inference_pb2 as pb
+
+        async def work():
+            if request.return_attention:
+                raise ApiError(400, "unsupported", "return_attention: not served yet")
+            texts = list(request.texts)
+            if not texts:
+                raise ApiError(422, "invalid_field", "texts: must not be empty")
+            if len(texts) > MAX_ITEMS:
+                raise ApiError(413, "too_many_items", f"texts: {len(texts)} items; the limit is {MAX_ITEMS}")
+            beam = request.beam_size if request.HasField("beam_size") else 1
+            max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 128
+            result = await self._translate(texts, beam, max_new, None)
+            return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator")
+
+        return await self._grpc(grpc_context, pb.TranslateResponse(), work)
+
+    async def Classify(self, request, grpc_context):
+        from proto import inference_pb2 as pb
+
+        async def work():
+            images = list(request.images)
+            if not images:
+                raise ApiError(422, "invalid_field", "images: must not be empty")
+            if len(images) > MAX_ITEMS:
+                raise ApiError(413, "too_many_items", f"images: {len(images)} items; the limit is {MAX_ITEMS}")
+            top_k = request.top_k if request.HasField("top_k") else 5
+            preds = await self._classify(images, top_k, None)
+            return pb.ClassifyResponse(
+                predictions=[pb.Predictions(predictions=[pb.Prediction(**p) for p in row]) for row in preds], model="classifier")
+
+        return await self._grpc(grpc_context, pb.ClassifyResponse(), work)
+
+    async def Caption(self, request, grpc_context):
+        from proto import inference_pb2 as pb
+
+        async def work():
+            if request.return_attention:
+                raise ApiError(400, "unsupported", "return_attention: not served yet")
+            beam = request.beam_size if request.HasField("beam_size") else 1
+            max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 40
+            result = await self._caption(request.image, beam, max_new, None)
+            return pb.CaptionResponse(captions=result["captions"], model="captioner")
+
+        return await self._grpc(grpc_context, pb.CaptionResponse(), work)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

@@ -15,10 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "MODEL_REPOSITORY": str(repo)}
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    port, grpc_port = ports
+    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "MODEL_REPOSITORY": str(repo)}
     proc = subprocess.Popen([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -30,6 +33,13 @@ def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
             time.sleep(0.5)
         r = requests.post(f"http://127.0.0.1:{port}/v1/translate", json={"text": "Friday, March 14, 2025"}, timeout=30)
         assert r.json()["translations"] == ["vendredi 14 mars 2025"]
+        import grpc
+
+        from proto import inference_pb2, inference_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            reply = inference_pb2_grpc.InferenceStub(channel).Translate(inference_pb2.TranslateRequest(texts=["nine"]), timeout=60)
+        assert list(reply.translations) == ["neuf"]
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
         reader.join(timeout=10)

@@ -26,12 +26,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(repo):
+def service(repo):
     from service.ingress import build_app
 
-    port = free_port()
+    from ray.serve.config import gRPCOptions
+
+    from service.ingress import GRPC_SERVICERS
+
+    port, grpc_port = free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS))
     serve.run(build_app(str(repo)), name="inference", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -43,9 +48,25 @@ def url(repo):
         time.sleep(0.5)
     else:
         raise RuntimeError("service did not become ready")
-    yield base
+    yield base, grpc_port
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(service):
+    return service[0]
+
+
+@pytest.fixture(scope="module")
+def stub(service):
+    import grpc
+
+    from proto import inference_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{service[1]}")
+    yield inference_pb2_grpc.InferenceStub(channel)
+    channel.close()
 
 
 def png_b64(array) -> str:
@@ -124,3 +145,46 @@ def test_deadline_is_504(url):
     r = requests.post(url + "/v1/translate", json={"texts": [long] * 64}, headers={"X-Request-Timeout-Ms": "1"})
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
     assert requests.post(url + "/v1/translate", json={"text": "nine"}).json()["translations"] == ["neuf"]  # still serving
+
+
+def test_grpc_translate_classify_caption(stub, url):
+    from proto import inference_pb2 as pb
+
+    texts = ["Friday, March 14, 2025", "She speaks German.", "twenty-one"]
+    reply = stub.Translate(pb.TranslateRequest(texts=texts), timeout=60)
+    http = requests.post(url + "/v1/translate", json={"texts": texts}).json()
+    assert list(reply.translations) == http["translations"] == ["vendredi 14 mars 2025", "Elle parle allemand.", "vingt et un"]
+    assert reply.model == "translator" and list(reply.tokens) == http["tokens"]
+    test = D.digit_splits()["test"]
+    reply = stub.Classify(pb.ClassifyRequest(images=[encode_png(np.round(img * 255)) for img in test.images[:5]], top_k=2), timeout=60)
+    assert [p.predictions[0].label for p in reply.predictions] == [str(l) for l in test.labels[:5]]
+    assert all(len(p.predictions) == 2 for p in reply.predictions)
+    canvases, captions, _ = D.make_scenes(test, 1, seed=11)
+    assert list(stub.Caption(pb.CaptionRequest(image=encode_png(canvases[0])), timeout=60).captions) == captions
+
+
+@pytest.mark.parametrize("call,status", [
+    ("Translate:empty", "INVALID_ARGUMENT"),
+    ("Translate:long", "INVALID_ARGUMENT"),
+    ("Translate:beam", "INVALID_ARGUMENT"),
+    ("Classify:garbage", "INVALID_ARGUMENT"),
+    ("Classify:none", "INVALID_ARGUMENT"),
+    ("Caption:truncated", "INVALID_ARGUMENT"),
+])
+def test_grpc_bad_input_is_invalid_argument(stub, call, status):
+    import grpc
+
+    from proto import inference_pb2 as pb
+
+    requests_by_case = {
+        "Translate:empty": (stub.Translate, pb.TranslateRequest()),
+        "Translate:long": (stub.Translate, pb.TranslateRequest(texts=["x" * 513])),
+        "Translate:beam": (stub.Translate, pb.TranslateRequest(texts=["one"], beam_size=9)),
+        "Classify:garbage": (stub.Classify, pb.ClassifyRequest(images=[b"\xff\xd8 not a jpeg"])),
+        "Classify:none": (stub.Classify, pb.ClassifyRequest()),
+        "Caption:truncated": (stub.Caption, pb.CaptionRequest(image=b"\x89PNG\r\n\x1a\n")),
+    }
+    method, message = requests_by_case[call]
+    with pytest.raises(grpc.RpcError) as info:
+        method(message, timeout=60)
+    assert info.value.code().name == status, info.value.details()
