@@ -188,3 +188,33 @@ def test_grpc_bad_input_is_invalid_argument(stub, call, status):
     with pytest.raises(grpc.RpcError) as info:
         method(message, timeout=60)
     assert info.value.code().name == status, info.value.details()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_command_line_client(service, tmp_path, transport):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    base, grpc_port = service
+    flags = ["--grpc", "--grpc-target", f"127.0.0.1:{grpc_port}"] if transport == "grpc" else ["--url", base]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "service.client", *a, *flags], cwd=root, capture_output=True, text=True, timeout=120)
+    out = run("translate", "Friday, March 14, 2025")
+    assert out.returncode == 0 and out.stdout.strip() == "vendredi 14 mars 2025", out.stderr
+    test = D.digit_splits()["test"]
+    digit = tmp_path / "digit.png"
+    digit.write_bytes(encode_png(np.round(test.images[0] * 255)))
+    out = run("classify", str(digit), "--top-k", "2")
+    assert out.returncode == 0 and out.stdout.startswith(f"{digit}: {test.labels[0]} ("), out.stdout + out.stderr
+    canvases, captions, _ = D.make_scenes(test, 1, seed=11)
+    scene = tmp_path / "scene.png"
+    scene.write_bytes(encode_png(canvases[0]))
+    out = run("caption", str(scene))
+    assert out.returncode == 0 and out.stdout.strip() == captions[0]
+    bad = run("classify", str(tmp_path / "missing.png"))
+    assert bad.returncode == 1 and "cannot read" in bad.stderr
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    bad = run("classify", str(junk))
+    assert bad.returncode == 1 and ("400" in bad.stderr or "INVALID_ARGUMENT" in bad.stderr)

@@ -1,0 +1,125 @@
+"""Command-line client over HTTP (default) or gRPC.
+
+    python -m service.client translate "Friday, March 14, 2025" ["She speaks German." …] [--beam-size 4]
+    python -m service.client classify digit.png [more.png …] [--top-k 3]
+    python -m service.client caption scene.png
+    … --grpc                      # gRPC on 127.0.0.1:9000 instead of HTTP on 127.0.0.1:8000
+    … --url http://host:8000 / --grpc-target host:9000 / --timeout-ms 2000
+
+Exit status: 0 on success, 1 when the service answered with an error (printed), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def _http(args, route: str, payload: dict) -> dict:
+    import requests
+
+    headers = {"X-Request-Timeout-Ms": str(args.timeout_ms)} if args.timeout_ms else {}
+    try:
+        r = requests.post(args.url.rstrip("/") + route, json=payload, headers=headers, timeout=(args.timeout_ms or 60_000) / 1000 + 5)
+    except requests.RequestException as e:
+        raise ServiceError(f"cannot reach {args.url}: {e.__class__.__name__}") from None
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            raise ServiceError(f"HTTP {r.status_code} {err['code']}: {err['message']}")
+        except (ValueError, KeyError):
+            raise ServiceError(f"HTTP {r.status_code}: {r.text[:200]}") from None
+    return r.json()
+
+
+def _grpc(args, method: str, request):
+    import grpc
+
+    from proto import inference_pb2_grpc
+
+    timeout = (args.timeout_ms or 60_000) / 1000
+    with grpc.insecure_channel(args.grpc_target) as channel:
+        try:
+            return getattr(inference_pb2_grpc.InferenceStub(channel), method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise ServiceError(f"gRPC {e.code().name}: {e.details()}") from None
+
+
+def translate(args) -> list[str]:
+    if args.grpc:
+        from proto import inference_pb2 as pb
+
+        return list(_grpc(args, "Translate", pb.TranslateRequest(texts=args.inputs, beam_size=args.beam_size)).translations)
+    return _http(args, "/v1/translate", {"texts": args.inputs, "beam_size": args.beam_size})["translations"]
+
+
+def _read(paths: list[str]) -> list[bytes]:
+    data = []
+    for p in paths:
+        try:
+            data.append(Path(p).read_bytes())
+        except OSError as e:
+            raise ServiceError(f"cannot read {p}: {e.strerror}") from None
+    return data
+
+
+def classify(args) -> list[list[dict]]:
+    images = _read(args.inputs)
+    if args.grpc:
+        from proto import inference_pb2 as pb
+
+        reply = _grpc(args, "Classify", pb.ClassifyRequest(images=images, top_k=args.top_k))
+        return [[{"label": p.label, "score": round(p.score, 4)} for p in row.predictions] for row in reply.predictions]
+    payload = {"images": [base64.b64encode(b).decode() for b in images], "top_k": args.top_k}
+    return _http(args, "/v1/classify", payload)["predictions"]
+
+
+def caption(args) -> list[str]:
+    out = []
+    for image in _read(args.inputs):
+        if args.grpc:
+            from proto import inference_pb2 as pb
+
+            out += list(_grpc(args, "Caption", pb.CaptionRequest(image=image, beam_size=args.beam_size)).captions)
+        else:
+            out += _http(args, "/v1/caption", {"image": base64.b64encode(image).decode(), "beam_size": args.beam_size})["captions"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.client", description="Send translation, classification and captioning requests.")
+    parser.add_argument("task", choices=("translate", "classify", "caption"))
+    parser.add_argument("inputs", nargs="+", help="texts to translate, or image files")
+    parser.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL")
+    parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="gRPC host:port")
+    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--timeout-ms", type=int, help="deadline for the request")
+    parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    args = parser.parse_args(argv)
+    try:
+        result = {"translate": translate, "classify": classify, "caption": caption}[args.task](args)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    elif args.task == "classify":
+        for path, preds in zip(args.inputs, result):
+            print(f"{path}: " + ", ".join(f"{p['label']} ({p['score']:.3f})" for p in preds))
+    else:
+        for line in result:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
