@@ -1,7 +1,7 @@
 """``make run``: a local Ray instance with Serve, serving the three models from the ONNX model repository.
 
 HTTP on ``SERVE_HTTP_PORT`` (default 8000) with OpenAPI docs at ``/docs``, gRPC ``inference.v1.Inference`` on
-``SERVE_GRPC_PORT`` (default 9000); the repository is read from
+``SERVE_GRPC_PORT`` (default 9000), Prometheus metrics on ``METRICS_PORT`` (default 8080); the repository is read from
 ``MODEL_REPOSITORY`` (default ``model_repository/``, which ``make run`` exports first if missing). Stays in
 the foreground until Ctrl-C (or SIGTERM), then shuts Serve and Ray down.
 """
@@ -24,6 +24,7 @@ def main() -> int:
         return 2
     port = int(os.environ.get("SERVE_HTTP_PORT", "8000"))
     grpc_port = int(os.environ.get("SERVE_GRPC_PORT", "9000"))
+    metrics_port = int(os.environ.get("METRICS_PORT", "8080"))
 
     import ray
     from ray import serve
@@ -34,7 +35,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
@@ -53,7 +54,7 @@ def main() -> int:
             time.sleep(0.5)
         if not stop.is_set():
             print(f"\nready in {time.time() - started:.0f} s: http://127.0.0.1:{port}  (OpenAPI: http://127.0.0.1:{port}/docs), "
-                  f"gRPC inference.v1.Inference on 127.0.0.1:{grpc_port}")
+                  f"gRPC inference.v1.Inference on 127.0.0.1:{grpc_port}, Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics")
             print("try:")
             print(f"  curl -s -X POST http://127.0.0.1:{port}/v1/translate -H 'content-type: application/json' "
                   "-d '{\"text\": \"Friday, March 14, 2025\"}'")

@@ -18,6 +18,7 @@ from ray import serve
 from models.data.tokenizer import Tokenizer
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
+from service.metrics import metrics
 from service.runtime import EncoderDecoderRuntime, create_session, load_config
 
 
@@ -42,14 +43,21 @@ class Classifier:
         self._run.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        logits = self.session.run(None, {"images": np.stack(images).astype(np.float32)})[0]  # (N, 10)
+    async def _run(self, items: list[tuple[np.ndarray, float]]) -> list[np.ndarray]:
+        started = time.monotonic()
+        m = metrics()
+        for _, queued_at in items:
+            m.observe("inference_queue_duration_seconds", started - queued_at, model="classifier")
+        logits = self.session.run(None, {"images": np.stack([img for img, _ in items]).astype(np.float32)})[0]  # (N, 10)
+        m.observe("inference_compute_duration_seconds", time.monotonic() - started, model="classifier", stage="batch")
+        m.observe("inference_batch_size", len(items), model="classifier", stage="batch")
         logits = logits - logits.max(-1, keepdims=True)
         probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
         return list(probs)
 
     async def classify(self, images: list[np.ndarray], top_k: int) -> list[list[dict]]:
-        probs = await asyncio.gather(*(self._run(image) for image in images))
+        now = time.monotonic()
+        probs = await asyncio.gather(*(self._run((image, now)) for image in images))
         out = []
         for p in probs:
             order = np.argsort(-p)[:top_k]

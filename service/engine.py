@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.metrics import metrics
 from service.runtime import EncoderDecoderRuntime, kv_names
 
 
@@ -59,6 +60,8 @@ class Sequence:
     finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "error"
     admitted_at_step: int | None = None
     finished_at_step: int | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
 
     def cancel(self) -> None:
         """Drop the sequence at the next step boundary (client gone); its cache is freed then."""
@@ -70,6 +73,8 @@ class DecodeEngine:
 
     def __init__(self, runtime: EncoderDecoderRuntime, options: EngineOptions = EngineOptions()) -> None:
         self.rt, self.options = runtime, options
+        self.model = runtime.directory.parent.name  # the metrics' "model" label
+        self.metrics = metrics()
         special = runtime.config["special_tokens"]
         self.bos, self.eos, self.pad = special["bos"], special["eos"], special["pad"]
         self.layers = runtime.layers
@@ -86,6 +91,7 @@ class DecodeEngine:
     def submit(self, seq: Sequence) -> Sequence:
         with self.lock:
             if len(self.waiting) >= self.options.max_queue:
+                self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_full")
                 raise QueueFull(f"{len(self.waiting)} requests already waiting")
             self.waiting.append(seq)
             self.lock.notify()
@@ -194,6 +200,9 @@ class DecodeEngine:
 
     def _admit(self, seqs: list[Sequence]) -> None:
         """Encode the newcomers together (cross K/V computed once, here) and append them as new rows."""
+        started = time.monotonic()
+        for seq in seqs:
+            self.metrics.observe("inference_queue_duration_seconds", started - seq.submitted_at, model=self.model)
         if self.text_source:
             longest = max(len(s.source) for s in seqs)
             src = np.full((len(seqs), longest), self.pad, dtype=np.int64)
@@ -203,6 +212,8 @@ class DecodeEngine:
         else:
             cross, mask = self.rt.encode(np.stack([s.source for s in seqs]).astype(np.float32), None)
         b_new = len(seqs)
+        self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="encoder")
+        self.metrics.observe("inference_batch_size", b_new, model=self.model, stage="encoder")
         heads, head_dim = cross[0].shape[1], cross[0].shape[3]
         if not self.active:
             self.past = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
@@ -232,7 +243,10 @@ class DecodeEngine:
         }
         feeds.update(zip(kv_names("past_key_values", self.layers), self.past))
         feeds.update(zip(kv_names("cross", self.layers), self.cross))
+        started = time.monotonic()
         outputs = self.rt.decoder.run(None, feeds)
+        self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="decoder_step")
+        self.metrics.observe("inference_batch_size", b, model=self.model, stage="decoder_step")
         self.past = outputs[1:]  # present.*: one more column, valid for every live row
         self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)
         return outputs[0]
@@ -245,6 +259,9 @@ class DecodeEngine:
                 self._finish(seq, "eos")
                 continue
             seq.tokens.append(token)
+            if seq.first_token_at is None:
+                seq.first_token_at = time.monotonic()
+                self.metrics.observe("generation_time_to_first_token_seconds", seq.first_token_at - seq.submitted_at, model=self.model)
             if seq.on_token is not None:
                 seq.on_token(token)
             if len(seq.tokens) >= seq.max_new_tokens:
@@ -254,6 +271,12 @@ class DecodeEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.finish_reason is None:
             seq.finish_reason = reason
+            self.metrics.inc("generation_tokens_total", len(seq.tokens), model=self.model)
+            if len(seq.tokens) > 1 and seq.first_token_at is not None:
+                per_token = (time.monotonic() - seq.first_token_at) / (len(seq.tokens) - 1)
+                self.metrics.observe("generation_time_per_output_token_seconds", per_token, model=self.model)
+            if reason == "deadline" and seq.admitted_at_step is None:
+                self.metrics.inc("inference_rejected_total", model=self.model, reason="deadline")
         seq.finished_at_step = self.steps
         if not seq.future.done():
             seq.future.set_result(list(seq.tokens))

@@ -12,6 +12,7 @@ Nothing a client sends produces a 500.
 import asyncio
 import base64
 import binascii
+import time
 
 import grpc
 
@@ -25,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from service.decoding import DecodingOptions
 from service.deployments import DeadlineExceeded, Overloaded
 from service.images import BadImage, digit_input, scene_input
+from service.metrics import metrics
 
 MAX_TEXT_CHARS, MAX_ITEMS = 512, 64
 GRPC_SERVICERS = ["proto.inference_pb2_grpc.add_InferenceServicer_to_server"]
@@ -54,6 +56,34 @@ GRPC_CODES = {
 
 def error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+ROUTE_MODELS = {"/v1/translate": "translator", "/v1/classify": "classifier", "/v1/caption": "captioner"}
+
+
+def record(model: str, protocol: str, method: str, code: str, ok: bool, seconds: float) -> None:
+    m = metrics()
+    m.observe("inference_request_duration_seconds", seconds, model=model, protocol=protocol, method=method, outcome="success" if ok else "error")
+    m.inc("inference_requests_total", model=model, protocol=protocol, code=code)
+    if not ok:
+        m.inc("inference_errors_total", model=model, protocol=protocol, code=code)
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next):
+    model = ROUTE_MODELS.get(request.url.path)
+    if model is None:
+        return await call_next(request)
+    started = time.monotonic()
+    metrics().add_gauge("inference_requests_in_flight", 1, model=model)
+    code = "500"
+    try:
+        response = await call_next(request)
+        code = str(response.status_code)
+        return response
+    finally:
+        metrics().add_gauge("inference_requests_in_flight", -1, model=model)
+        record(model, "http", request.url.path.rsplit("/", 1)[-1], code, code == "200", time.monotonic() - started)
 
 
 @app.exception_handler(ApiError)
@@ -156,6 +186,8 @@ async def call(handle_call, timeout: float | None):
         raise ApiError(504, "deadline_exceeded", f"not finished within {TIMEOUT_HEADER}") from None
     except Overloaded as e:
         raise ApiError(503, "overloaded", str(e), {"Retry-After": "1"}) from None
+    except asyncio.CancelledError:
+        raise
 
 
 @serve.deployment(max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25})
@@ -234,13 +266,22 @@ class Ingress:
     # gRPC: inference.v1.Inference (proto/inference.proto). Ray Serve routes each RPC to the method of the
     # same name; errors become INVALID_ARGUMENT / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, never INTERNAL.
 
-    async def _grpc(self, context, empty, work):
+    async def _grpc(self, context, empty, work, model: str, method: str):
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        metrics().add_gauge("inference_requests_in_flight", 1, model=model)
         try:
             return await work()
         except ApiError as e:
-            context.set_code(GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT))
+            code = GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_code(code)
             context.set_details(e.message)
             return empty
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            metrics().add_gauge("inference_requests_in_flight", -1, model=model)
+            record(model, "grpc", method, code.name, code == grpc.StatusCode.OK, time.monotonic() - started)
 
     async def Translate(self, request, grpc_context):
         from proto import inference_pb2 as pb
@@ -258,7 +299,7 @@ class Ingress:
             result = await self._translate(texts, beam, max_new, None)
             return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator")
 
-        return await self._grpc(grpc_context, pb.TranslateResponse(), work)
+        return await self._grpc(grpc_context, pb.TranslateResponse(), work, "translator", "Translate")
 
     async def Classify(self, request, grpc_context):
         from proto import inference_pb2 as pb
@@ -274,7 +315,7 @@ class Ingress:
             return pb.ClassifyResponse(
                 predictions=[pb.Predictions(predictions=[pb.Prediction(**p) for p in row]) for row in preds], model="classifier")
 
-        return await self._grpc(grpc_context, pb.ClassifyResponse(), work)
+        return await self._grpc(grpc_context, pb.ClassifyResponse(), work, "classifier", "Classify")
 
     async def Caption(self, request, grpc_context):
         from proto import inference_pb2 as pb
@@ -287,7 +328,7 @@ class Ingress:
             result = await self._caption(request.image, beam, max_new, None)
             return pb.CaptionResponse(captions=result["captions"], model="captioner")
 
-        return await self._grpc(grpc_context, pb.CaptionResponse(), work)
+        return await self._grpc(grpc_context, pb.CaptionResponse(), work, "captioner", "Caption")
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

@@ -33,8 +33,8 @@ def service(repo):
 
     from service.ingress import GRPC_SERVICERS
 
-    port, grpc_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS))
     serve.run(build_app(str(repo)), name="inference", route_prefix="/", blocking=False)
@@ -48,7 +48,7 @@ def service(repo):
         time.sleep(0.5)
     else:
         raise RuntimeError("service did not become ready")
-    yield base, grpc_port
+    yield base, grpc_port, metrics_port
     serve.shutdown()
     ray.shutdown()
 
@@ -197,7 +197,7 @@ def test_command_line_client(service, tmp_path, transport):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    base, grpc_port = service
+    base, grpc_port, _ = service
     flags = ["--grpc", "--grpc-target", f"127.0.0.1:{grpc_port}"] if transport == "grpc" else ["--url", base]
     run = lambda *a: subprocess.run([sys.executable, "-m", "service.client", *a, *flags], cwd=root, capture_output=True, text=True, timeout=120)
     out = run("translate", "Friday, March 14, 2025")
@@ -218,3 +218,37 @@ def test_command_line_client(service, tmp_path, transport):
     junk.write_bytes(b"not an image")
     bad = run("classify", str(junk))
     assert bad.returncode == 1 and ("400" in bad.stderr or "INVALID_ARGUMENT" in bad.stderr)
+
+
+API_METRICS = [
+    "inference_request_duration_seconds", "inference_queue_duration_seconds", "inference_compute_duration_seconds",
+    "inference_batch_size", "inference_requests_total", "inference_errors_total", "inference_requests_in_flight",
+    "inference_rejected_total", "generation_time_to_first_token_seconds", "generation_time_per_output_token_seconds",
+    "generation_tokens_total",
+]
+
+
+def test_batching_is_observed_and_every_metric_is_exported(service, url):
+    """Runs last in this module: by now every route, error and a rejection have happened."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    test = D.digit_splits()["test"]
+    image = png_b64(np.round(test.images[0] * 255))
+    with ThreadPoolExecutor(32) as pool:  # concurrent single-image requests: the classifier must batch them
+        codes = list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"image": image}).status_code, range(96)))
+    assert set(codes) == {200}
+    base = f"http://127.0.0.1:{service[2]}/metrics"
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = requests.get(base, timeout=5).text
+        if all(f"ray_{m}" in text for m in API_METRICS if m != "inference_rejected_total"):
+            break
+        time.sleep(2)
+    missing = [m for m in API_METRICS if m != "inference_rejected_total" and f"ray_{m}" not in text]
+    assert not missing, missing
+    batch_sizes = [l for l in text.splitlines() if l.startswith("ray_inference_batch_size_bucket") and 'model="classifier"' in l]
+    le1 = sum(float(l.rsplit(" ", 1)[1]) for l in batch_sizes if 'le="1.0"' in l)
+    total = sum(float(l.rsplit(" ", 1)[1]) for l in batch_sizes if 'le="+Inf"' in l)
+    assert total > le1, (le1, total)  # some classifier batches held more than one image
+    errors = [l for l in text.splitlines() if l.startswith("ray_inference_errors_total") and 'code="413"' in l]
+    assert errors  # the bad-input tests above were counted

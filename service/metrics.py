@@ -1,0 +1,85 @@
+"""Every metric of the API, declared once per process with fixed label sets; the request path only observes.
+
+Exported through Ray's metrics agent (``ray.init(_metrics_export_port=…)``, port 8080 under ``make run``),
+which prefixes custom metrics with ``ray_``. All durations are in seconds. Outside a Ray worker (unit tests
+of the engine) a no-op recorder stands in, so the serving code never branches on where it runs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+TOKEN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+
+# name: (kind, description, label names, buckets)
+SPEC = {
+    "inference_request_duration_seconds": ("histogram", "End-to-end request latency at the ingress", ("model", "protocol", "method", "outcome"), LATENCY_BUCKETS),
+    "inference_queue_duration_seconds": ("histogram", "Time a request waited before its model started on it", ("model",), LATENCY_BUCKETS),
+    "inference_compute_duration_seconds": ("histogram", "Model execution time per stage (encoder, decoder_step, batch)", ("model", "stage"), LATENCY_BUCKETS),
+    "inference_batch_size": ("histogram", "Items per model execution", ("model", "stage"), BATCH_BUCKETS),
+    "inference_requests_total": ("counter", "Requests answered, by status code", ("model", "protocol", "code"), None),
+    "inference_errors_total": ("counter", "Requests answered with an error, by status code", ("model", "protocol", "code"), None),
+    "inference_requests_in_flight": ("gauge", "Requests being handled at the ingress", ("model",), None),
+    "inference_rejected_total": ("counter", "Requests refused before running (queue full, deadline passed)", ("model", "reason"), None),
+    "generation_time_to_first_token_seconds": ("histogram", "Submit to first generated token", ("model",), LATENCY_BUCKETS),
+    "generation_time_per_output_token_seconds": ("histogram", "Mean time per output token after the first", ("model",), TOKEN_BUCKETS),
+    "generation_tokens_total": ("counter", "Generated tokens", ("model",), None),
+}
+
+
+class _NoOp:
+    def observe(self, *a, **k) -> None: ...
+    def inc(self, *a, **k) -> None: ...
+    def set(self, *a, **k) -> None: ...
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._made: dict[str, object] = {}
+        self._gauges: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+        try:
+            import ray
+
+            self._ray = ray.is_initialized()
+        except ImportError:
+            self._ray = False
+        if self._ray:
+            from ray.util.metrics import Counter, Gauge, Histogram
+
+            for name, (kind, desc, labels, buckets) in SPEC.items():
+                if kind == "histogram":
+                    self._made[name] = Histogram(name, description=desc, boundaries=buckets, tag_keys=labels)
+                elif kind == "counter":
+                    self._made[name] = Counter(name, description=desc, tag_keys=labels)
+                else:
+                    self._made[name] = Gauge(name, description=desc, tag_keys=labels)
+
+    def _metric(self, name: str):
+        return self._made.get(name, _NoOp())
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self._metric(name).observe(value, tags=labels)
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        if value > 0:
+            self._metric(name).inc(value, tags=labels)
+
+    def add_gauge(self, name: str, delta: float, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._gauges[key] = self._gauges.get(key, 0.0) + delta
+            self._metric(name).set(self._gauges[key], tags=labels)
+
+
+_instance: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """The process's metrics (created on first use, after Ray has started in this process)."""
+    global _instance
+    if _instance is None:
+        _instance = Metrics()
+    return _instance
