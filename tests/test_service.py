@@ -229,7 +229,8 @@ API_METRICS = [
 
 
 def test_batching_is_observed_and_every_metric_is_exported(service, url):
-    """Runs last in this module: by now every route, error and a rejection have happened."""
+    """Concurrent classify burst, a translation and a bad request; then every API metric must be scraped
+    (``inference_rejected_total`` aside: nothing is rejected here)."""
     from concurrent.futures import ThreadPoolExecutor
 
     test = D.digit_splits()["test"]
@@ -237,18 +238,26 @@ def test_batching_is_observed_and_every_metric_is_exported(service, url):
     with ThreadPoolExecutor(32) as pool:  # concurrent single-image requests: the classifier must batch them
         codes = list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"image": image}).status_code, range(96)))
     assert set(codes) == {200}
+    assert requests.post(url + "/v1/translate", json={"texts": ["Friday, March 14, 2025", "nine"]}).status_code == 200
+    assert requests.post(url + "/v1/translate", json={"text": "x" * 600}).status_code == 413
     base = f"http://127.0.0.1:{service[2]}/metrics"
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
+
+    def classifier_batches(text):
+        lines = [l for l in text.splitlines() if l.startswith("ray_inference_batch_size_bucket") and 'model="classifier"' in l]
+        le1 = sum(float(l.rsplit(" ", 1)[1]) for l in lines if 'le="1.0"' in l or 'le="1"' in l)
+        total = sum(float(l.rsplit(" ", 1)[1]) for l in lines if 'le="+Inf"' in l)
+        return le1, total
+
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:  # Ray's agent exports every ~10 s: wait for this burst to be in
         text = requests.get(base, timeout=5).text
-        if all(f"ray_{m}" in text for m in API_METRICS if m != "inference_rejected_total"):
+        names_in = all(f"ray_{m}" in text for m in API_METRICS if m != "inference_rejected_total")
+        if names_in and classifier_batches(text)[1] >= 10 and 'code="413"' in text:
             break
         time.sleep(2)
     missing = [m for m in API_METRICS if m != "inference_rejected_total" and f"ray_{m}" not in text]
     assert not missing, missing
-    batch_sizes = [l for l in text.splitlines() if l.startswith("ray_inference_batch_size_bucket") and 'model="classifier"' in l]
-    le1 = sum(float(l.rsplit(" ", 1)[1]) for l in batch_sizes if 'le="1.0"' in l)
-    total = sum(float(l.rsplit(" ", 1)[1]) for l in batch_sizes if 'le="+Inf"' in l)
+    le1, total = classifier_batches(text)
     assert total > le1, (le1, total)  # some classifier batches held more than one image
     errors = [l for l in text.splitlines() if l.startswith("ray_inference_errors_total") and 'code="413"' in l]
     assert errors  # the bad-input tests above were counted
