@@ -4,6 +4,10 @@ HTTP on ``SERVE_HTTP_PORT`` (default 8000) with OpenAPI docs at ``/docs``, gRPC 
 ``SERVE_GRPC_PORT`` (default 9000), Prometheus metrics on ``METRICS_PORT`` (default 8080); the repository is read from
 ``MODEL_REPOSITORY`` (default ``model_repository/``, which ``make run`` exports first if missing). Stays in
 the foreground until Ctrl-C (or SIGTERM), then shuts Serve and Ray down.
+
+The application and its per-deployment settings come from ``deploy/serve_config.yaml`` (``SERVE_CONFIG``
+overrides), the file ``serve run`` and the KubeRay RayService deploy too; here its host becomes 127.0.0.1, the
+ports and repository follow the environment, and GPU requests are dropped when Ray sees no GPU.
 """
 
 from __future__ import annotations
@@ -28,20 +32,26 @@ def main() -> int:
 
     import ray
     from ray import serve
-    from ray.serve.config import gRPCOptions
 
-    from service.ingress import GRPC_SERVICERS, build_app
+    from service import config as serve_config
+
+    try:
+        config = serve_config.load()
+        serve_config.validate(config)
+    except Exception as e:  # a broken SERVE_CONFIG: say so before starting anything
+        print(f"error: serve config {os.environ.get('SERVE_CONFIG', serve_config.DEFAULT_CONFIG)}: {e}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
     try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
-        )
-        serve.run(build_app(str(repository)), name="inference", route_prefix="/", blocking=False)
+        config, notes = serve_config.localize(config, repository=str(repository), host="127.0.0.1", http_port=port,
+                                              grpc_port=grpc_port, gpus=ray.cluster_resources().get("GPU", 0))
+        for note in notes:
+            print(note)
+        serve_config.deploy(config)
         started = time.time()
         import requests
 
@@ -51,6 +61,10 @@ def main() -> int:
                     break
             except requests.RequestException:
                 pass
+            app = serve.status().applications.get(serve_config.APP_NAME)
+            if app is not None and app.status == "DEPLOY_FAILED":
+                print(f"error: the application failed to deploy:\n{app.message}", file=sys.stderr)
+                return 1
             time.sleep(0.5)
         if not stop.is_set():
             print(f"\nready in {time.time() - started:.0f} s: http://127.0.0.1:{port}  (OpenAPI: http://127.0.0.1:{port}/docs), "

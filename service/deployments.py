@@ -3,12 +3,20 @@
 * ``Classifier``: ``@serve.batch`` dynamic batching, one ORT run per batch; batch size and wait are
   tunable at run time through ``reconfigure`` (``user_config`` in the serve config).
 * ``Translator`` and ``Captioner``: each replica runs a ``DecodeEngine`` (iteration-level batching; encoder
-  pass once per request at admission). Beam search (``beam_size > 1``) runs per request in a worker thread.
+  pass once per request at admission); its batch width and queue bound are ``user_config`` too. Beam search
+  (``beam_size > 1``) runs per request in a worker thread.
+
+Options that are not model code (``max_ongoing_requests``, ``max_queued_requests``, ``num_gpus``) live in
+``deploy/serve_config.yaml``; the decorators' values are the defaults when the classes are bound directly.
+``stats()`` reports a replica's live settings and load (tests, operators).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +27,7 @@ from models.data.tokenizer import Tokenizer
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
 from service.metrics import metrics
-from service.runtime import EncoderDecoderRuntime, create_session, load_config
+from service.runtime import EncoderDecoderRuntime, Interrupted, create_session, load_config
 
 
 class DeadlineExceeded(Exception):
@@ -30,17 +38,27 @@ class Overloaded(Exception):
     """The model's queue is full."""
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5})
 class Classifier:
     def __init__(self, repository: str) -> None:
         directory = Path(repository) / "classifier" / "1"
         self.config = load_config(directory)
         self.session = create_session(directory / "model.onnx")
         self.labels = self.config["labels"]
+        self.settings = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}
+        self.largest_batch = 0  # since the last reconfigure
 
     def reconfigure(self, user_config: dict) -> None:
-        self._run.set_max_batch_size(int(user_config.get("max_batch_size", 64)))
-        self._run.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.005)))
+        settings = {"max_batch_size": int(user_config.get("max_batch_size", 64)),
+                    "batch_wait_timeout_s": float(user_config.get("batch_wait_timeout_s", 0.005))}
+        if settings["max_batch_size"] < 1 or settings["batch_wait_timeout_s"] < 0:
+            raise ValueError(f"classifier user_config out of range: {settings}")
+        self._run.set_max_batch_size(settings["max_batch_size"])
+        self._run.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        self.settings, self.largest_batch = settings, 0
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), **self.settings, "largest_batch": self.largest_batch}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _run(self, items: list[tuple[np.ndarray, float]]) -> list[np.ndarray]:
@@ -51,6 +69,7 @@ class Classifier:
         logits = self.session.run(None, {"images": np.stack([img for img, _ in items]).astype(np.float32)})[0]  # (N, 10)
         m.observe("inference_compute_duration_seconds", time.monotonic() - started, model="classifier", stage="batch")
         m.observe("inference_batch_size", len(items), model="classifier", stage="batch")
+        self.largest_batch = max(self.largest_batch, len(items))
         logits = logits - logits.max(-1, keepdims=True)
         probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
         return list(probs)
@@ -78,6 +97,20 @@ class _Generator:
         self.runtime = EncoderDecoderRuntime(self.directory)
         self.tokenizer = Tokenizer.load(self.directory)
         self.engine = DecodeEngine(self.runtime, EngineOptions(max_batch=max_batch, max_queue=max_queue)).start()
+        self.beams_running, self._beam_lock = 0, threading.Lock()
+
+    def reconfigure(self, user_config: dict) -> None:
+        options = dataclasses.replace(self.engine.options, max_batch=int(user_config.get("max_batch_size", 32)),
+                                      max_queue=int(user_config.get("max_queue", 256)))
+        if options.max_batch < 1 or options.max_queue < 0:
+            raise ValueError(f"{self.name} user_config out of range: {user_config}")
+        self.engine.options = options  # read by the loop at the next step
+
+    def stats(self) -> dict:
+        active, waiting = self.engine.load
+        return {"pid": os.getpid(), "max_batch_size": self.engine.options.max_batch,
+                "max_queue": self.engine.options.max_queue, "active": active, "waiting": waiting,
+                "finished": dict(self.engine.finished), "beams_running": self.beams_running}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -86,14 +119,18 @@ class _Generator:
 
     async def _generate(self, sources: list[np.ndarray], options: DecodingOptions, deadline: float | None) -> list[list[int]]:
         if options.beam_size > 1:
-            return [await asyncio.to_thread(self._beam, s, options) for s in sources]
-        seqs = []
+            stop = threading.Event()  # set when the caller goes away; the search checks it before every step
+            interrupted = lambda: stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+            try:
+                return [await asyncio.to_thread(self._beam, s, options, interrupted) for s in sources]
+            except Interrupted:
+                raise DeadlineExceeded(f"{self.name} did not finish before the request deadline") from None
+            finally:
+                stop.set()
+        seqs = [Sequence(source, options.max_new_tokens, deadline=deadline) for source in sources]
         try:
-            for source in sources:
-                seqs.append(self.engine.submit(Sequence(source, options.max_new_tokens, deadline=deadline)))
+            self.engine.submit_all(seqs)
         except QueueFull as e:
-            for s in seqs:
-                s.cancel()
             raise Overloaded(str(e)) from None
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(s.future) for s in seqs))
@@ -105,16 +142,22 @@ class _Generator:
             raise DeadlineExceeded(f"{self.name} did not finish before the request deadline")
         return results
 
-    def _beam(self, source: np.ndarray, options: DecodingOptions) -> list[int]:
+    def _beam(self, source: np.ndarray, options: DecodingOptions, interrupted) -> list[int]:
         batch = source[None]
         mask = batch != self.tokenizer.pad_id if batch.dtype == np.int64 else None
-        return self.runtime.generate(batch, mask, options)[0]
+        with self._beam_lock:
+            self.beams_running += 1
+        try:
+            return self.runtime.generate(batch, mask, options, interrupted)[0]
+        finally:
+            with self._beam_lock:
+                self.beams_running -= 1
 
     def ready(self) -> bool:
         return self.engine.thread is not None and self.engine.thread.is_alive()
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
 class Translator(_Generator):
     name = "translator"
 
@@ -126,7 +169,7 @@ class Translator(_Generator):
         return {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
 class Captioner(_Generator):
     name = "captioner"
 

@@ -20,6 +20,7 @@ whenever the batch changes. Greedy decoding only: beam search runs per request t
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -37,7 +38,7 @@ from service.runtime import EncoderDecoderRuntime, kv_names
 @dataclass(frozen=True)
 class EngineOptions:
     max_batch: int = 32  # sequences decoded together in one step
-    max_queue: int = 256  # waiting requests beyond this are refused (QueueFull)
+    max_queue: int = 256  # waiting sequences beyond this are refused (QueueFull); keep ≥ 64, a request's most
     idle_wait_s: float = 0.05  # how long the loop sleeps when there is nothing to do
 
 
@@ -84,18 +85,23 @@ class DecodeEngine:
         self.running = False
         self.thread: threading.Thread | None = None
         self.steps = 0
+        self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
         self._reset_batch()
 
     # ----------------------------------------------------------------------------------- public API
 
     def submit(self, seq: Sequence) -> Sequence:
+        return self.submit_all([seq])[0]
+
+    def submit_all(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Queue the sequences of one request together, or none of them (``QueueFull``): no partial work."""
         with self.lock:
-            if len(self.waiting) >= self.options.max_queue:
+            if len(self.waiting) + len(seqs) > self.options.max_queue:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_full")
-                raise QueueFull(f"{len(self.waiting)} requests already waiting")
-            self.waiting.append(seq)
+                raise QueueFull(f"{len(self.waiting)} sequences already waiting, room for {self.options.max_queue}")
+            self.waiting.extend(seqs)
             self.lock.notify()
-        return seq
+        return seqs
 
     def start(self) -> DecodeEngine:
         self.running = True
@@ -141,6 +147,7 @@ class DecodeEngine:
             except Exception as error:  # a failing step fails its sequences, never the loop
                 for seq in self.active:
                     seq.finish_reason = "error"
+                    self.finished["error"] += 1
                     if not seq.future.done():
                         seq.future.set_exception(error)
                 self._reset_batch()
@@ -271,6 +278,7 @@ class DecodeEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.finish_reason is None:
             seq.finish_reason = reason
+            self.finished[reason] += 1
             self.metrics.inc("generation_tokens_total", len(seq.tokens), model=self.model)
             if len(seq.tokens) > 1 and seq.first_token_at is not None:
                 per_token = (time.monotonic() - seq.first_token_at) / (len(seq.tokens) - 1)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import time
+from pathlib import Path
 
 import grpc
 
@@ -21,8 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from service.config import default_repository
 from service.decoding import DecodingOptions
 from service.deployments import DeadlineExceeded, Overloaded
 from service.images import BadImage, digit_input, scene_input
@@ -176,21 +179,25 @@ def timeout_ms(request: Request) -> float | None:
     return value
 
 
-async def call(handle_call, timeout: float | None):
-    """Await a deployment call, mapping its failures onto the API's status codes."""
+async def call(handle_call, timeout: float | None, model: str):
+    """Await a deployment call, mapping its failures onto the API's status codes.
+
+    Leaving early (deadline, or the client went away) cancels the call, which frees its sequences in the engine.
+    """
     try:
         if timeout is None:
             return await handle_call
         return await asyncio.wait_for(handle_call, timeout / 1000.0 + 0.05)
     except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
-        raise ApiError(504, "deadline_exceeded", f"not finished within {TIMEOUT_HEADER}") from None
-    except Overloaded as e:
-        raise ApiError(503, "overloaded", str(e), {"Retry-After": "1"}) from None
-    except asyncio.CancelledError:
-        raise
+        raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
+    except Overloaded as e:  # the engine's queue of sequences is full (counted there)
+        raise ApiError(503, "overloaded", f"{model}: {e}; retry later", {"Retry-After": "1"}) from None
+    except BackPressureError:  # the deployment's max_queued_requests is reached
+        metrics().inc("inference_rejected_total", model=model, reason="queue_full")
+        raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
 
 
-@serve.deployment(max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
     def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
@@ -206,7 +213,7 @@ class Ingress:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.translator.translate.remote(texts, options, timeout), timeout)
+        return await call(self.translator.translate.remote(texts, options, timeout), timeout, "translator")
 
     async def _classify(self, payloads: list[bytes], top_k: int, timeout: float | None) -> list:
         if not 1 <= top_k <= 10:
@@ -217,7 +224,7 @@ class Ingress:
                 arrays.append(digit_input(data))
             except BadImage as e:
                 raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
-        return await call(self.classifier.classify.remote(arrays, top_k), timeout)
+        return await call(self.classifier.classify.remote(arrays, top_k), timeout, "classifier")
 
     async def _caption(self, data: bytes, beam_size: int, max_new_tokens: int, timeout: float | None) -> dict:
         try:
@@ -228,7 +235,7 @@ class Ingress:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.captioner.caption.remote([image], options, timeout), timeout)
+        return await call(self.captioner.caption.remote([image], options, timeout), timeout, "captioner")
 
     @app.post("/v1/translate", response_model=TranslateResponse)
     async def translate(self, body: TranslateRequest, request: Request) -> dict:
@@ -345,8 +352,19 @@ class Ingress:
         return JSONResponse({"ready": all(ok.values()), "models": ok}, status_code=200 if all(ok.values()) else 503)
 
 
-def build_app(repository: str):
-    """The application graph: the ingress bound to one deployment per model."""
+class AppArgs(BaseModel):
+    """``args`` of the application in the serve config."""
+
+    model_config = ConfigDict(extra="forbid")
+    repository: str = Field(default_factory=default_repository, description="the ONNX model repository (python -m export)")
+
+
+def build_app(args: AppArgs):
+    """The application graph: the ingress bound to one deployment per model (``import_path`` of the serve config).
+
+    Deployment options (batching, queue bounds, GPUs) come from the serve config, not from here.
+    """
     from service.deployments import Captioner, Classifier, Translator
 
+    repository = str(Path(args.repository).resolve())
     return Ingress.bind(Translator.bind(repository), Classifier.bind(repository), Captioner.bind(repository))

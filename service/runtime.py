@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +127,43 @@ class EncoderDecoderRuntime:
             cross_mask = np.repeat(cross_mask, repeat, axis=0)
         return OrtInference(self, cross_kv, cross_mask)
 
-    def generate(self, inputs: np.ndarray, source_mask: np.ndarray | None, options: DecodingOptions) -> list[list[int]]:
-        """Encode once, then greedy or beam search with the KV cache: token ids per row, EOS excluded."""
+    def generate(self, inputs: np.ndarray, source_mask: np.ndarray | None, options: DecodingOptions,
+                 interrupted: Callable[[], bool] | None = None) -> list[list[int]]:
+        """Encode once, then greedy or beam search with the KV cache: token ids per row, EOS excluded.
+
+        ``interrupted`` is asked before every decoder step; once it answers True the search stops with ``Interrupted``
+        (deadline passed, client gone) and its KV cache is released.
+        """
         cross_kv, mask = self.encode(inputs, source_mask)
         special = self.config["special_tokens"]
-        factory = lambda repeat: self.start(cross_kv, mask, repeat)
+        if interrupted is None:
+            factory = lambda repeat: self.start(cross_kv, mask, repeat)
+        else:
+            factory = lambda repeat: _Interruptible(self.start(cross_kv, mask, repeat), interrupted)
         return decode(factory, mask.shape[0], special["bos"], special["eos"], options)
+
+
+class Interrupted(RuntimeError):
+    """A search stopped before it finished because its ``interrupted`` check said so."""
+
+
+class _Interruptible:
+    """An ``Inference`` that checks ``interrupted`` before each step and frees its cache when it stops."""
+
+    def __init__(self, inner: OrtInference, interrupted: Callable[[], bool]) -> None:
+        self.inner, self.interrupted = inner, interrupted
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        if self.interrupted():
+            self.inner.release()
+            raise Interrupted("decoding interrupted")
+        return self.inner.logits(tokens)
+
+    def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
+        self.inner.rearrange_kv_cache(source_rows)
+
+    def release(self) -> None:
+        self.inner.release()
 
 
 class OrtInference:

@@ -55,3 +55,12 @@ def test_missing_repository_is_a_clear_error(tmp_path):
     env = {**os.environ, "MODEL_REPOSITORY": str(tmp_path / "nowhere")}
     proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "python -m export" in proc.stderr
+
+
+def test_broken_serve_config_is_a_clear_error(repo, tmp_path):
+    bad = tmp_path / "serve_config.yaml"
+    bad.write_text("applications:\n  - name: inference\n    import_path: service.ingress:build_app\n    deployments:\n"
+                   "      - name: Classifier\n        max_ongoing_requests: -3\n")
+    env = {**os.environ, "MODEL_REPOSITORY": str(repo), "SERVE_CONFIG": str(bad)}
+    proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "serve config" in proc.stderr and "max_ongoing_requests" in proc.stderr, proc.stderr

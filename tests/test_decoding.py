@@ -108,6 +108,20 @@ def test_same_search_on_pytorch_and_onnx_runtime(repo, beam_size):
     assert [tok.decode(t) for t in ort_out] == ["lundi 2 juin 1980", "sept cent douze", "Il nous faut 3,5\u00a0kilogrammes.", "Elle parle japonais."]
 
 
+def test_an_interrupted_search_stops_at_the_next_step(repo):
+    from service.runtime import Interrupted
+
+    _, tok = checkpoint.load("translator")
+    src = np.array([tok.encode("Monday, June 2, 1980") + [EOS]], dtype=np.int64)
+    rt = EncoderDecoderRuntime(repo / "translator" / "1")
+    asked = []
+    with pytest.raises(Interrupted):
+        rt.generate(src, src != 0, DecodingOptions(beam_size=4), interrupted=lambda: asked.append(1) or len(asked) > 3)
+    assert len(asked) == 4  # three steps ran, the fourth was refused
+    assert rt.generate(src, src != 0, DecodingOptions(beam_size=4), interrupted=lambda: False) == rt.generate(
+        src, src != 0, DecodingOptions(beam_size=4))
+
+
 def test_cross_attention_maps_have_the_right_shape_and_rows_sum_to_one():
     from service.decoding import cross_attention_maps
 

@@ -122,6 +122,12 @@ def test_queue_is_bounded(translator):
     engine.submit(Sequence(ids(tok, "two"), 5))
     with pytest.raises(QueueFull):
         engine.submit(Sequence(ids(tok, "three"), 5))
+    # A request's sequences are queued together or not at all.
+    roomy = DecodeEngine(rt, EngineOptions(max_queue=3))
+    roomy.submit(Sequence(ids(tok, "one"), 5))
+    with pytest.raises(QueueFull):
+        roomy.submit_all([Sequence(ids(tok, t), 5) for t in ("two", "three", "four")])
+    assert roomy.load == (0, 1)
 
 
 def test_cache_columns_are_trimmed_when_old_rows_leave(translator):

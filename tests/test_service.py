@@ -1,9 +1,12 @@
 """The real service: a local Ray instance with Serve, the ONNX repository, HTTP requests from a real client."""
 
 import base64
+import contextlib
+import copy
 import random
 import socket
 import time
+import typing
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import requests
 
 from models.data import digits as D
 from models.data import text as T
+from service import config as serve_config
 from service.decoding import DecodingOptions
 from service.images import encode_png
 from service.runtime import EncoderDecoderRuntime
@@ -25,37 +29,66 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Service(typing.NamedTuple):
+    url: str
+    grpc_port: int
+    metrics_port: int
+    config: dict  # the serve config as deployed (deploy/serve_config.yaml, localized)
+
+
 @pytest.fixture(scope="module")
 def service(repo):
-    from service.ingress import build_app
-
-    from ray.serve.config import gRPCOptions
-
-    from service.ingress import GRPC_SERVICERS
-
+    """deploy/serve_config.yaml deployed the way `make run` does it, on free ports, with the test repository."""
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS))
-    serve.run(build_app(str(repo)), name="inference", route_prefix="/", blocking=False)
+    config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
+                                      grpc_port=grpc_port, gpus=0)
+    serve_config.deploy(config)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
             if requests.get(base + "/readyz", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or the ingress is still starting
             pass
         time.sleep(0.5)
     else:
         raise RuntimeError("service did not become ready")
-    yield base, grpc_port, metrics_port
+    yield Service(base, grpc_port, metrics_port, config)
     serve.shutdown()
     ray.shutdown()
 
 
+def stats(name: str) -> dict:
+    return serve.get_deployment_handle(name, app_name=serve_config.APP_NAME).stats.remote().result(timeout_s=30)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def redeployed(service: Service, name: str, **fields):
+    """Redeploy the serve config with one deployment's entry changed, as an operator would; restore it after."""
+    config = copy.deepcopy(service.config)
+    serve_config.deployment(config, name).update(fields)
+    serve_config.deploy(config)
+    try:
+        yield
+    finally:
+        serve_config.deploy(service.config)
+        wait_for(lambda: serve.status().applications[serve_config.APP_NAME].status == "RUNNING", what="the app to run")
+
+
 @pytest.fixture(scope="module")
 def url(service):
-    return service[0]
+    return service.url
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +97,7 @@ def stub(service):
 
     from proto import inference_pb2_grpc
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{service[1]}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
     yield inference_pb2_grpc.InferenceStub(channel)
     channel.close()
 
@@ -197,7 +230,7 @@ def test_command_line_client(service, tmp_path, transport):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    base, grpc_port, _ = service
+    base, grpc_port = service.url, service.grpc_port
     flags = ["--grpc", "--grpc-target", f"127.0.0.1:{grpc_port}"] if transport == "grpc" else ["--url", base]
     run = lambda *a: subprocess.run([sys.executable, "-m", "service.client", *a, *flags], cwd=root, capture_output=True, text=True, timeout=120)
     out = run("translate", "Friday, March 14, 2025")
@@ -220,6 +253,114 @@ def test_command_line_client(service, tmp_path, transport):
     assert bad.returncode == 1 and ("400" in bad.stderr or "INVALID_ARGUMENT" in bad.stderr)
 
 
+def test_classifier_batching_reconfigures_without_restart(service, url):
+    """user_config in the serve config → Classifier.reconfigure on the running replica (same process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = stats("Classifier")
+    assert before["max_batch_size"] == 64
+    image = png_b64(np.round(D.digit_splits()["test"].images[0] * 255))
+    with redeployed(service, "Classifier", user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0.05}):
+        wait_for(lambda: stats("Classifier")["max_batch_size"] == 2, what="the new batch size")
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"image": image}).status_code, range(48)))
+        after = stats("Classifier")
+        assert set(codes) == {200}
+        assert after["pid"] == before["pid"] and after["batch_wait_timeout_s"] == 0.05
+        assert 1 <= after["largest_batch"] <= 2, after
+    wait_for(lambda: stats("Classifier")["max_batch_size"] == 64, what="the original batch size")
+    assert stats("Classifier")["pid"] == before["pid"]
+
+
+def test_full_decode_queue_is_503_with_retry_after_and_resource_exhausted(service, url, stub):
+    import grpc
+
+    from proto import inference_pb2 as pb
+
+    texts = ["Friday, March 14, 2025", "nine", "She speaks German."]
+    pid = stats("Translator")["pid"]
+    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 2}):
+        wait_for(lambda: stats("Translator")["max_queue"] == 2, what="the new queue bound")
+        r = requests.post(url + "/v1/translate", json={"texts": texts})  # 3 sequences never fit a queue of 2
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "overloaded"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Translate(pb.TranslateRequest(texts=texts), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+        assert requests.post(url + "/v1/translate", json={"texts": texts[:2]}).status_code == 200  # what fits is served
+    wait_for(lambda: stats("Translator")["max_queue"] == 256, what="the original queue bound")
+    assert stats("Translator")["pid"] == pid
+
+
+def test_classifier_queue_bound_is_503(service, url):
+    """max_queued_requests from the serve config: calls past it are refused at once, the rest served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [png_b64(np.round(img * 255)) for img in D.digit_splits()["test"].images[:64]]
+    with redeployed(service, "Classifier", max_ongoing_requests=1, max_queued_requests=1,
+                    user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.2}):
+        def burst():
+            with ThreadPoolExecutor(24) as pool:
+                return list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"images": images}), range(24)))
+
+        replies = wait_for(lambda: (lambda rs: rs if any(r.status_code == 503 for r in rs) else None)(burst()),
+                           timeout=60, what="a 503 under a burst")  # the ingress's handle learns the bound asynchronously
+        codes = {r.status_code for r in replies}
+        assert codes <= {200, 503} and 200 in codes, codes
+        refused = [r for r in replies if r.status_code == 503]
+        assert all(r.headers.get("Retry-After") == "1" and "classifier" in r.json()["error"]["message"] for r in refused)
+
+
+LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 6  # ≤ 512 chars
+
+
+def cut_short(before: dict, after: dict) -> int:
+    """Sequences that left the decode loop because of a deadline or a cancellation between two stats()."""
+    return sum(after["finished"].get(r, 0) - before["finished"].get(r, 0) for r in ("deadline", "cancelled"))
+
+
+def drained() -> bool:
+    s = stats("Translator")
+    return s["active"] == 0 and s["waiting"] == 0
+
+
+def test_deadline_stops_the_decode_over_http(url):
+    """64 long sequences take ~0.7 s here; a 100 ms deadline answers 504 and takes them out of the loop."""
+    before = stats("Translator")
+    started = time.monotonic()
+    r = requests.post(url + "/v1/translate", json={"texts": [LONG_TEXT] * 64, "max_new_tokens": 256},
+                      headers={"X-Request-Timeout-Ms": "100"})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
+    assert elapsed < 1.0, elapsed
+    wait_for(drained, timeout=2.0, what="the sequences to leave the decode loop")
+    assert cut_short(before, stats("Translator")) >= 32  # at least the second half never finished
+
+
+def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub):
+    """The gRPC deadline cancels the call through Serve's proxy; the replica drops the call's sequences."""
+    import grpc
+
+    from proto import inference_pb2 as pb
+
+    before = stats("Translator")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Translate(pb.TranslateRequest(texts=[LONG_TEXT] * 64, max_new_tokens=256), timeout=0.1)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(drained, timeout=2.0, what="the sequences to leave the decode loop")
+    assert cut_short(before, stats("Translator")) >= 32
+
+
+def test_deadline_stops_a_beam_search(url):
+    """Beam search runs outside the engine, in a worker thread: the deadline stops it between two steps."""
+    before = time.monotonic()
+    r = requests.post(url + "/v1/translate", json={"texts": [LONG_TEXT] * 64, "beam_size": 8, "max_new_tokens": 256},
+                      headers={"X-Request-Timeout-Ms": "100"})
+    assert r.status_code == 504 and time.monotonic() - before < 1.0
+    wait_for(lambda: stats("Translator")["beams_running"] == 0, timeout=0.5, what="the beam search to stop")
+    ok = requests.post(url + "/v1/translate", json={"text": "nine", "beam_size": 2}, headers={"X-Request-Timeout-Ms": "10000"})
+    assert ok.status_code == 200 and ok.json()["translations"] == ["neuf"]
+
+
 API_METRICS = [
     "inference_request_duration_seconds", "inference_queue_duration_seconds", "inference_compute_duration_seconds",
     "inference_batch_size", "inference_requests_total", "inference_errors_total", "inference_requests_in_flight",
@@ -229,8 +370,8 @@ API_METRICS = [
 
 
 def test_batching_is_observed_and_every_metric_is_exported(service, url):
-    """Concurrent classify burst, a translation and a bad request; then every API metric must be scraped
-    (``inference_rejected_total`` aside: nothing is rejected here)."""
+    """Concurrent classify burst, a translation, a bad request and a refused one; then every API metric must be
+    scraped with data."""
     from concurrent.futures import ThreadPoolExecutor
 
     test = D.digit_splits()["test"]
@@ -240,7 +381,10 @@ def test_batching_is_observed_and_every_metric_is_exported(service, url):
     assert set(codes) == {200}
     assert requests.post(url + "/v1/translate", json={"texts": ["Friday, March 14, 2025", "nine"]}).status_code == 200
     assert requests.post(url + "/v1/translate", json={"text": "x" * 600}).status_code == 413
-    base = f"http://127.0.0.1:{service[2]}/metrics"
+    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 0}):
+        wait_for(lambda: stats("Translator")["max_queue"] == 0, what="the new queue bound")
+        assert requests.post(url + "/v1/translate", json={"text": "nine"}).status_code == 503
+    base = f"http://127.0.0.1:{service.metrics_port}/metrics"
 
     def classifier_batches(text):
         lines = [l for l in text.splitlines() if l.startswith("ray_inference_batch_size_bucket") and 'model="classifier"' in l]
@@ -251,13 +395,15 @@ def test_batching_is_observed_and_every_metric_is_exported(service, url):
     deadline, text = time.time() + 90, ""
     while time.time() < deadline:  # Ray's agent exports every ~10 s: wait for this burst to be in
         text = requests.get(base, timeout=5).text
-        names_in = all(f"ray_{m}" in text for m in API_METRICS if m != "inference_rejected_total")
-        if names_in and classifier_batches(text)[1] >= 10 and 'code="413"' in text:
+        names_in = all(f"ray_{m}" in text for m in API_METRICS)
+        if names_in and classifier_batches(text)[1] >= 10 and 'code="413"' in text and 'code="503"' in text:
             break
         time.sleep(2)
-    missing = [m for m in API_METRICS if m != "inference_rejected_total" and f"ray_{m}" not in text]
+    missing = [m for m in API_METRICS if f"ray_{m}" not in text]
     assert not missing, missing
     le1, total = classifier_batches(text)
     assert total > le1, (le1, total)  # some classifier batches held more than one image
     errors = [l for l in text.splitlines() if l.startswith("ray_inference_errors_total") and 'code="413"' in l]
     assert errors  # the bad-input tests above were counted
+    rejected = [l for l in text.splitlines() if l.startswith("ray_inference_rejected_total") and 'reason="queue_full"' in l]
+    assert rejected and float(rejected[0].rsplit(" ", 1)[1]) >= 1

@@ -1,0 +1,89 @@
+"""The serve config (``deploy/serve_config.yaml``): loading it, adapting it to this machine, deploying it.
+
+``make run``, ``serve run deploy/serve_config.yaml`` and a KubeRay RayService all deploy the same file. ``make run``
+goes through the very code path ``serve run`` uses (the controller's ``apply_config``), so the per-deployment
+options in the file (``user_config``, ``max_ongoing_requests``, ``max_queued_requests``, ``num_gpus``) are applied by
+Serve itself rather than re-implemented here. Redeploying a changed ``user_config`` reconfigures the running replicas
+in place (``reconfigure``), without restarting them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "deploy" / "serve_config.yaml"
+APP_NAME = "inference"
+
+
+def default_repository() -> str:
+    return str(Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")).resolve())
+
+
+def load(path: str | Path | None = None) -> dict:
+    """The serve config as a plain dict (``SERVE_CONFIG`` overrides the default file)."""
+    path = Path(path or os.environ.get("SERVE_CONFIG", DEFAULT_CONFIG))
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def deployment(config: dict, name: str, app: str = APP_NAME) -> dict:
+    """The entry of one deployment in ``config`` (created if the file does not list it)."""
+    application = next(a for a in config["applications"] if a["name"] == app)
+    entries = application.setdefault("deployments", [])
+    for entry in entries:
+        if entry["name"] == name:
+            return entry
+    entries.append({"name": name})
+    return entries[-1]
+
+
+def localize(config: dict, *, repository: str | None = None, host: str | None = None, http_port: int | None = None,
+             grpc_port: int | None = None, gpus: float | None = None) -> tuple[dict, list[str]]:
+    """A copy of ``config`` for this machine, and what was changed (to tell the user).
+
+    ``gpus``: the GPUs Ray sees here; with none, every deployment's ``num_gpus`` is dropped so the models run on CPU.
+    """
+    config, notes = copy.deepcopy(config), []
+    if host is not None:
+        config.setdefault("http_options", {})["host"] = host
+    if http_port is not None:
+        config.setdefault("http_options", {})["port"] = http_port
+    if grpc_port is not None:
+        config.setdefault("grpc_options", {})["port"] = grpc_port
+    for application in config["applications"]:
+        if repository is not None:
+            application.setdefault("args", {})["repository"] = repository
+        for entry in application.get("deployments", []):
+            actor = entry.get("ray_actor_options", {})
+            if not gpus and actor.get("num_gpus"):
+                notes.append(f"{entry['name']}: num_gpus {actor.pop('num_gpus')} dropped (Ray sees no GPU here)")
+    return config, notes
+
+
+def validate(config: dict):
+    """Ray's own schema for ``serve deploy`` / serveConfigV2; raises on anything Serve would refuse."""
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema.model_validate(config)
+
+
+def deploy(config: dict, blocking: bool = False) -> None:
+    """Start Serve (proxies with the file's HTTP/gRPC options) and apply the config, as ``serve run FILE`` does.
+
+    Needs ``ray.init`` first. Calling it again with a changed config updates the running application in place.
+    """
+    from ray.serve._private import api as serve_api  # what `serve run FILE` calls; ray is pinned (pyproject)
+    from ray.serve.config import gRPCOptions
+
+    schema = validate(config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+        proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema, _blocking=blocking)

@@ -1,0 +1,103 @@
+"""deploy/serve_config.yaml: valid for Serve, consistent with the code, and deployable by Ray's own `serve run`."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from service import config as serve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_file_is_a_valid_serve_deploy_config():
+    schema = serve_config.validate(serve_config.load())
+    (app,) = schema.applications
+    assert app.name == serve_config.APP_NAME and app.route_prefix == "/" and app.import_path == "service.ingress:build_app"
+    assert {d.name for d in app.deployments} == {"Ingress", "Classifier", "Translator", "Captioner"}
+    assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
+
+
+def test_grpc_servicers_and_batching_limits_agree_with_the_code():
+    from service.ingress import GRPC_SERVICERS, MAX_ITEMS
+
+    config = serve_config.load()
+    assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS
+    classifier = serve_config.deployment(config, "Classifier")
+    assert classifier["max_ongoing_requests"] >= classifier["user_config"]["max_batch_size"]  # a full batch can form
+    for name in ("Translator", "Captioner"):
+        entry = serve_config.deployment(config, name)
+        assert entry["user_config"]["max_queue"] >= MAX_ITEMS  # a request of MAX_ITEMS texts always fits
+        assert entry["max_ongoing_requests"] >= entry["user_config"]["max_batch_size"]
+    gpus = [serve_config.deployment(config, n)["ray_actor_options"]["num_gpus"] for n in ("Classifier", "Translator", "Captioner")]
+    assert 0 < sum(gpus) <= 1  # the three models share one GPU
+
+
+def test_localize_drops_gpu_requests_only_without_a_gpu():
+    config = serve_config.load()
+    cpu, notes = serve_config.localize(config, repository="/x", host="127.0.0.1", http_port=1, grpc_port=2, gpus=0)
+    assert len(notes) == 3 and all("num_gpus" in n for n in notes)
+    assert all("num_gpus" not in d.get("ray_actor_options", {}) for d in cpu["applications"][0]["deployments"])
+    assert cpu["applications"][0]["args"] == {"repository": "/x"} and cpu["http_options"]["port"] == 1
+    gpu, notes = serve_config.localize(config, gpus=1)
+    assert not notes and gpu == config
+    assert "num_gpus" in serve_config.deployment(config, "Translator")["ray_actor_options"]  # the input is untouched
+
+
+def test_the_builder_takes_the_files_args():
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
+
+    from service.ingress import build_app
+
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, {}), Application)
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, {"repository": "/models"}), Application)
+    with pytest.raises(Exception, match="repositry"):
+        call_user_app_builder_with_args_if_necessary(build_app, {"repositry": "/models"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_serve_run_deploys_the_file(repo, tmp_path):
+    """`serve run` (Ray's CLI) on the file, localized for this GPU-less machine: the routes answer."""
+    port, grpc_port = free_port(), free_port()
+    config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
+                                      grpc_port=grpc_port, gpus=0)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve = Path(sys.executable).parent / "serve"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        else:
+            raise AssertionError("serve run did not become ready")
+        r = requests.post(f"http://127.0.0.1:{port}/v1/translate", json={"text": "Friday, March 14, 2025"}, timeout=60)
+        assert r.status_code == 200 and r.json()["translations"] == ["vendredi 14 mars 2025"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
