@@ -132,6 +132,34 @@ def test_translate_equals_the_offline_engine(url, repo):
     assert single["translations"] == ["vendredi 14 mars 2025"]
 
 
+def test_classify_and_caption_equal_the_offline_runtime(url, repo):
+    """Same bytes in: the served answers are what ONNX Runtime gives offline after the same preprocessing."""
+    from models.data.tokenizer import Tokenizer
+    from service.images import digit_input, scene_input
+    from service.runtime import create_session, load_config
+
+    test = D.digit_splits()["test"]
+    pngs = [encode_png(np.round(img * 255)) for img in test.images[:16]]
+    served = requests.post(url + "/v1/classify", json={"images": [base64.b64encode(p).decode() for p in pngs], "top_k": 10}).json()
+    session = create_session(repo / "classifier" / "1" / "model.onnx")
+    logits = session.run(None, {"images": np.stack([digit_input(p) for p in pngs]).astype(np.float32)})[0]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    labels = load_config(repo / "classifier" / "1")["labels"]
+    for row, p in zip(served["predictions"], probs):
+        assert [x["label"] for x in row] == [labels[i] for i in np.argsort(-p)]
+        np.testing.assert_allclose([x["score"] for x in row], np.sort(p)[::-1], rtol=1e-5, atol=1e-7)
+
+    canvases, _, _ = D.make_scenes(test, 6, seed=5)
+    directory = repo / "captioner" / "1"
+    rt, tok = EncoderDecoderRuntime(directory), Tokenizer.load(directory)
+    for canvas in canvases:
+        data = encode_png(canvas)
+        served = requests.post(url + "/v1/caption", json={"image": base64.b64encode(data).decode()}).json()["captions"]
+        offline = [tok.decode(o) for o in rt.generate(scene_input(data)[None], None, DecodingOptions(max_new_tokens=40))]
+        assert served == offline
+
+
 def test_classify_json_and_multipart(url):
     test = D.digit_splits()["test"]
     images = [png_b64(np.round(img * 255)) for img in test.images[:20]]
