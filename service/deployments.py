@@ -161,12 +161,49 @@ class _Generator:
 class Translator(_Generator):
     name = "translator"
 
-    async def translate(self, texts: list[str], options: DecodingOptions, timeout_ms: float | None = None) -> dict:
-        eos = self.tokenizer.eos_id
+    def _source(self, text: str) -> np.ndarray:
         max_src = self.runtime.config["encoder"]["max_source_tokens"]
-        sources = [np.array(self.tokenizer.encode(t)[: max_src - 1] + [eos], dtype=np.int64) for t in texts]
-        outputs = await self._generate(sources, options, deadline_from_ms(timeout_ms))
+        return np.array(self.tokenizer.encode(text)[: max_src - 1] + [self.tokenizer.eos_id], dtype=np.int64)
+
+    async def translate(self, texts: list[str], options: DecodingOptions, timeout_ms: float | None = None) -> dict:
+        outputs = await self._generate([self._source(t) for t in texts], options, deadline_from_ms(timeout_ms))
         return {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+
+    async def translate_stream(self, text: str, max_new_tokens: int, timeout_ms: float | None = None):
+        """Yield ``{"token": str}`` as the decode loop produces each token, then ``{"done": True, ...}``.
+
+        The sequence runs in the shared iteration-level loop; the engine thread hands each token over through
+        the event loop. If the caller goes away (the generator is closed or cancelled) the sequence is cancelled
+        and leaves the loop at the next step.
+        """
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+        seq = Sequence(self._source(text), max_new_tokens, deadline=deadline_from_ms(timeout_ms), on_token=put)
+        seq.future.add_done_callback(lambda _: put(None))  # after the last token: same thread, FIFO
+        try:
+            self.engine.submit(seq)
+        except QueueFull as e:
+            raise Overloaded(str(e)) from None
+        try:
+            tokens, shown = [], ""
+            while (token := await queue.get()) is not None:
+                tokens.append(token)
+                text_so_far = self.tokenizer.decode(tokens)
+                if text_so_far.endswith("\ufffd") or not text_so_far.startswith(shown):
+                    continue  # an incomplete UTF-8 byte sequence (byte fallback): wait for the rest
+                piece, shown = text_so_far[len(shown):], text_so_far
+                if piece:
+                    yield {"token": piece}
+            if seq.finish_reason == "deadline":
+                raise DeadlineExceeded("translator did not finish before the request deadline")
+            if seq.finish_reason in ("error", "cancelled"):
+                raise RuntimeError(f"decoding ended: {seq.finish_reason}")
+            final = self.tokenizer.decode(tokens)
+            if final[len(shown):]:
+                yield {"token": final[len(shown):]}
+            yield {"done": True, "translation": final, "tokens": len(tokens)}
+        finally:
+            seq.cancel()  # a no-op once finished; otherwise frees the row at the next step
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})

@@ -12,6 +12,7 @@ Nothing a client sends produces a 500.
 import asyncio
 import base64
 import binascii
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import grpc
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -48,6 +49,10 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+class StreamRefused(Exception):
+    """Ends a gRPC stream with the status code already set on its context."""
+
+
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     413: grpc.StatusCode.INVALID_ARGUMENT,
@@ -62,6 +67,7 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 
 
 ROUTE_MODELS = {"/v1/translate": "translator", "/v1/classify": "classifier", "/v1/caption": "captioner"}
+STREAM_ROUTES = {"/v1/translate/stream": "translator"}  # a started stream counts itself (service.ingress._stream)
 
 
 def record(model: str, protocol: str, method: str, code: str, ok: bool, seconds: float) -> None:
@@ -76,7 +82,12 @@ def record(model: str, protocol: str, method: str, code: str, ok: bool, seconds:
 async def _observe(request: Request, call_next):
     model = ROUTE_MODELS.get(request.url.path)
     if model is None:
-        return await call_next(request)
+        started = time.monotonic()
+        response = await call_next(request)
+        stream_model = STREAM_ROUTES.get(request.url.path)
+        if stream_model is not None and response.status_code != 200:  # refused before it started
+            record(stream_model, "http", "translate_stream", str(response.status_code), False, time.monotonic() - started)
+        return response
     started = time.monotonic()
     metrics().add_gauge("inference_requests_in_flight", 1, model=model)
     code = "500"
@@ -110,6 +121,13 @@ class TranslateRequest(BaseModel):
     beam_size: int = Field(1, ge=1, le=8)
     max_new_tokens: int = Field(128, ge=1, le=256)
     return_attention: bool = False
+
+
+class TranslateStreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    max_new_tokens: int = Field(128, ge=1, le=256)
+    beam_size: int = Field(1, ge=1, le=1, description="streaming decodes greedily")
 
 
 class TranslateResponse(BaseModel):
@@ -245,6 +263,59 @@ class Ingress:
         result = await self._translate(texts, body.beam_size, body.max_new_tokens, timeout_ms(request))
         return {**result, "model": "translator"}
 
+    def _check_text(self, text: str, field: str = "text") -> None:
+        if len(text) > MAX_TEXT_CHARS:
+            raise ApiError(413, "text_too_long", f"{field}: {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if not text.strip():
+            raise ApiError(400, "empty_text", f"{field}: empty")
+
+    async def _stream(self, text: str, max_new_tokens: int, timeout: float | None, protocol: str, method: str):
+        """The translator's token stream as dicts. The first item is awaited before anything is yielded, so refusals
+        (bad input, queue full, deadline) raise ``ApiError`` and become a status code; the caller counts those.
+        Once the first token is out, this counts the request itself (in flight, duration, code)."""
+        self._check_text(text)
+        stream = self.translator.options(stream=True).translate_stream.remote(text, max_new_tokens, timeout)
+        try:
+            first = await call(stream.__anext__(), timeout, "translator")
+        except BaseException:
+            stream.cancel()
+            raise
+        started, code = time.monotonic(), "200"
+        metrics().add_gauge("inference_requests_in_flight", 1, model="translator")
+        try:
+            yield first
+            async for item in stream:
+                yield item
+        except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
+            code = "504"
+            raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "499"  # the client went away mid-stream
+            raise
+        finally:
+            stream.cancel()  # frees the sequence in the decode loop if it is still running
+            metrics().add_gauge("inference_requests_in_flight", -1, model="translator")
+            record("translator", protocol, method, code, code == "200", time.monotonic() - started)
+
+    @app.post("/v1/translate/stream", response_class=StreamingResponse, responses={
+        200: {"content": {"text/event-stream": {}}, "description": 'Server-Sent Events: `data: {"token": str}` per token, '
+              'then `data: {"done": true, "translation": str, "tokens": int}`; a failure mid-stream is an `event: error`.'}})
+    async def translate_stream(self, body: TranslateStreamRequest, request: Request):
+        stream = self._stream(body.text, body.max_new_tokens, timeout_ms(request), "http", "translate_stream")
+        first = await stream.__anext__()  # refusals before the first token are plain HTTP errors (counted by _observe)
+
+        async def events():
+            yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+            try:
+                async for item in stream:
+                    yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
+            except ApiError as e:
+                yield f"event: error\ndata: {json.dumps({'error': {'code': e.code, 'message': e.message}})}\n\n"
+            finally:
+                await stream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(self, request: Request) -> dict:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -307,6 +378,43 @@ class Ingress:
             return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator")
 
         return await self._grpc(grpc_context, pb.TranslateResponse(), work, "translator", "Translate")
+
+    async def TranslateStream(self, request, grpc_context):
+        from proto import inference_pb2 as pb
+
+        started = time.monotonic()
+        try:
+            if len(request.texts) != 1:
+                raise ApiError(422, "invalid_field", f"texts: a stream translates exactly one text, got {len(request.texts)}")
+            if request.HasField("beam_size") and request.beam_size != 1:
+                raise ApiError(422, "invalid_field", "beam_size: streaming decodes greedily (1)")
+            if request.return_attention:
+                raise ApiError(422, "invalid_field", "return_attention: not available on a stream")
+            max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 128
+            if not 1 <= max_new <= 256:
+                raise ApiError(422, "invalid_field", f"max_new_tokens must be within 1..256, got {max_new}")
+            stream = self._stream(request.texts[0], max_new, None, "grpc", "TranslateStream")
+            first = await stream.__anext__()
+        except ApiError as e:  # refused before the stream started
+            code = GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            grpc_context.set_code(code)
+            grpc_context.set_details(e.message)
+            record("translator", "grpc", "TranslateStream", code.name, False, time.monotonic() - started)
+            # A stream that yielded nothing carries its status only on an exception (Serve keeps the code set here).
+            raise StreamRefused(e.message) from None
+        try:
+            item = first
+            while True:
+                yield pb.TranslateChunk(done=True, translation=item["translation"]) if item.get("done") else pb.TranslateChunk(token=item["token"])
+                item = await stream.__anext__()
+        except StopAsyncIteration:
+            pass
+        except ApiError as e:
+            grpc_context.set_code(GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT))
+            grpc_context.set_details(e.message)
+            raise StreamRefused(e.message) from None
+        finally:
+            await stream.aclose()
 
     async def Classify(self, request, grpc_context):
         from proto import inference_pb2 as pb

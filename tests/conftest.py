@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,50 @@ def repo(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "export", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def service(repo):
+    """The real service, once per test session: deploy/serve_config.yaml deployed the way `make run` does it (a
+    local Ray instance, Serve's HTTP and gRPC proxies, Ray's metrics agent), on free ports, with the test repository."""
+    import requests
+    import ray
+    from ray import serve
+
+    from service import config as serve_config
+    from tests.servicekit import Service, free_port
+
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
+    config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
+                                      grpc_port=grpc_port, gpus=0)
+    serve_config.deploy(config)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:  # not listening yet, or the ingress is still starting
+            pass
+        time.sleep(0.5)
+    else:
+        raise RuntimeError("service did not become ready")
+    yield Service(base, grpc_port, metrics_port, config)
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def url(service):
+    return service.url
+
+
+@pytest.fixture(scope="session")
+def stub(service):
+    import grpc
+
+    from proto import inference_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
+    yield inference_pb2_grpc.InferenceStub(channel)
+    channel.close()

@@ -1,12 +1,8 @@
 """The real service: a local Ray instance with Serve, the ONNX repository, HTTP requests from a real client."""
 
 import base64
-import contextlib
-import copy
 import random
-import socket
 import time
-import typing
 
 import numpy as np
 import pytest
@@ -14,92 +10,10 @@ import requests
 
 from models.data import digits as D
 from models.data import text as T
-from service import config as serve_config
 from service.decoding import DecodingOptions
 from service.images import encode_png
 from service.runtime import EncoderDecoderRuntime
-
-ray = pytest.importorskip("ray", reason="the service tests need ray[serve] (installed by make test)")
-from ray import serve  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service(typing.NamedTuple):
-    url: str
-    grpc_port: int
-    metrics_port: int
-    config: dict  # the serve config as deployed (deploy/serve_config.yaml, localized)
-
-
-@pytest.fixture(scope="module")
-def service(repo):
-    """deploy/serve_config.yaml deployed the way `make run` does it, on free ports, with the test repository."""
-    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
-    config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
-                                      grpc_port=grpc_port, gpus=0)
-    serve_config.deploy(config)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if requests.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or the ingress is still starting
-            pass
-        time.sleep(0.5)
-    else:
-        raise RuntimeError("service did not become ready")
-    yield Service(base, grpc_port, metrics_port, config)
-    serve.shutdown()
-    ray.shutdown()
-
-
-def stats(name: str) -> dict:
-    return serve.get_deployment_handle(name, app_name=serve_config.APP_NAME).stats.remote().result(timeout_s=30)
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def redeployed(service: Service, name: str, **fields):
-    """Redeploy the serve config with one deployment's entry changed, as an operator would; restore it after."""
-    config = copy.deepcopy(service.config)
-    serve_config.deployment(config, name).update(fields)
-    serve_config.deploy(config)
-    try:
-        yield
-    finally:
-        serve_config.deploy(service.config)
-        wait_for(lambda: serve.status().applications[serve_config.APP_NAME].status == "RUNNING", what="the app to run")
-
-
-@pytest.fixture(scope="module")
-def url(service):
-    return service.url
-
-
-@pytest.fixture(scope="module")
-def stub(service):
-    import grpc
-
-    from proto import inference_pb2_grpc
-
-    channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
-    yield inference_pb2_grpc.InferenceStub(channel)
-    channel.close()
+from tests.servicekit import LONG_TEXT, redeployed, stats, wait_for  # fixtures service/url/stub: conftest.py
 
 
 def png_b64(array) -> str:
@@ -336,9 +250,6 @@ def test_classifier_queue_bound_is_503(service, url):
         assert codes <= {200, 503} and 200 in codes, codes
         refused = [r for r in replies if r.status_code == 503]
         assert all(r.headers.get("Retry-After") == "1" and "classifier" in r.json()["error"]["message"] for r in refused)
-
-
-LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 6  # ≤ 512 chars
 
 
 def cut_short(before: dict, after: dict) -> int:
