@@ -2,7 +2,7 @@
 
     python -m service.client translate "Friday, March 14, 2025" ["She speaks German." …] [--beam-size 4]
     python -m service.client classify digit.png [more.png …] [--top-k 3]
-    python -m service.client caption scene.png
+    python -m service.client caption scene.png [--attention attention.png]
     … --grpc                      # gRPC on 127.0.0.1:9000 instead of HTTP on 127.0.0.1:8000
     … --url http://host:8000 / --grpc-target host:9000 / --timeout-ms 2000
 
@@ -52,12 +52,41 @@ def _grpc(args, method: str, request):
             raise ServiceError(f"gRPC {e.code().name}: {e.details()}") from None
 
 
+def _attention_dict(a) -> dict:
+    """A gRPC AttentionMap as the JSON API writes it."""
+    weights = [list(a.weights[i * a.cols : (i + 1) * a.cols]) for i in range(a.rows)]
+    out = {"target_tokens": list(a.row_tokens), "weights": weights}
+    if a.col_tokens:
+        out["source_tokens"] = list(a.col_tokens)
+    if a.grid_rows:
+        out["grid"] = [a.grid_rows, a.grid_cols]
+    return out
+
+
+def _numbered(path: str, i: int, n: int) -> str:
+    """``out.png`` for one input; ``out-1.png``, ``out-2.png``, … for several."""
+    if n == 1:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
+
+
 def translate(args) -> list[str]:
+    want = bool(args.attention)
     if args.grpc:
         from proto import inference_pb2 as pb
 
-        return list(_grpc(args, "Translate", pb.TranslateRequest(texts=args.inputs, beam_size=args.beam_size)).translations)
-    return _http(args, "/v1/translate", {"texts": args.inputs, "beam_size": args.beam_size})["translations"]
+        reply = _grpc(args, "Translate", pb.TranslateRequest(texts=args.inputs, beam_size=args.beam_size, return_attention=want))
+        translations, maps = list(reply.translations), [_attention_dict(a) for a in reply.attention]
+    else:
+        body = _http(args, "/v1/translate", {"texts": args.inputs, "beam_size": args.beam_size, "return_attention": want})
+        translations, maps = body["translations"], body.get("attention", [])
+    if want:
+        from service.plots import translation_attention
+
+        for i, m in enumerate(maps):
+            print(f"attention: {translation_attention(m, _numbered(args.attention, i, len(maps)))}", file=sys.stderr)
+    return translations
 
 
 def _read(paths: list[str]) -> list[bytes]:
@@ -82,14 +111,24 @@ def classify(args) -> list[list[dict]]:
 
 
 def caption(args) -> list[str]:
-    out = []
-    for image in _read(args.inputs):
+    out, want = [], bool(args.attention)
+    images = _read(args.inputs)
+    for i, image in enumerate(images):
         if args.grpc:
             from proto import inference_pb2 as pb
 
-            out += list(_grpc(args, "Caption", pb.CaptionRequest(image=image, beam_size=args.beam_size)).captions)
+            reply = _grpc(args, "Caption", pb.CaptionRequest(image=image, beam_size=args.beam_size, return_attention=want))
+            captions, maps = list(reply.captions), [_attention_dict(a) for a in reply.attention]
         else:
-            out += _http(args, "/v1/caption", {"image": base64.b64encode(image).decode(), "beam_size": args.beam_size})["captions"]
+            body = _http(args, "/v1/caption", {"image": base64.b64encode(image).decode(), "beam_size": args.beam_size,
+                                               "return_attention": want})
+            captions, maps = body["captions"], body.get("attention", [])
+        out += captions
+        if want and maps:
+            from service.plots import caption_attention
+
+            path = caption_attention(image, maps[0], _numbered(args.attention, i, len(images)))
+            print(f"attention: {path}", file=sys.stderr)
     return out
 
 
@@ -104,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--timeout-ms", type=int, help="deadline for the request")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    parser.add_argument("--attention", metavar="PNG", help="translate/caption: also draw the cross-attention into this PNG "
+                        "(numbered out-1.png, out-2.png, … for several inputs)")
     args = parser.parse_args(argv)
+    if args.attention and args.task == "classify":
+        parser.error("--attention applies to translate and caption")
     try:
         result = {"translate": translate, "classify": classify, "caption": caption}[args.task](args)
     except ServiceError as e:

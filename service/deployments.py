@@ -165,9 +165,21 @@ class Translator(_Generator):
         max_src = self.runtime.config["encoder"]["max_source_tokens"]
         return np.array(self.tokenizer.encode(text)[: max_src - 1] + [self.tokenizer.eos_id], dtype=np.int64)
 
-    async def translate(self, texts: list[str], options: DecodingOptions, timeout_ms: float | None = None) -> dict:
-        outputs = await self._generate([self._source(t) for t in texts], options, deadline_from_ms(timeout_ms))
-        return {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+    async def translate(self, texts: list[str], options: DecodingOptions, timeout_ms: float | None = None,
+                        return_attention: bool = False) -> dict:
+        sources = [self._source(t) for t in texts]
+        outputs = await self._generate(sources, options, deadline_from_ms(timeout_ms))
+        result = {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+        if return_attention:
+            batch = np.zeros((len(sources), max(map(len, sources))), dtype=np.int64)  # pad id 0
+            for i, src in enumerate(sources):
+                batch[i, : len(src)] = src
+            maps = await asyncio.to_thread(self.runtime.cross_attention, batch, batch != self.tokenizer.pad_id, outputs)
+            result["attention"] = [
+                {"target_tokens": self.tokenizer.pieces(o), "source_tokens": self.tokenizer.pieces(src.tolist()),
+                 "weights": m.round(5).tolist()}
+                for o, src, m in zip(outputs, sources, maps)]
+        return result
 
     async def translate_stream(self, text: str, max_new_tokens: int, timeout_ms: float | None = None):
         """Yield ``{"token": str}`` as the decode loop produces each token, then ``{"done": True, ...}``.
@@ -210,9 +222,17 @@ class Translator(_Generator):
 class Captioner(_Generator):
     name = "captioner"
 
-    async def caption(self, images: list[np.ndarray], options: DecodingOptions, timeout_ms: float | None = None) -> dict:
+    async def caption(self, images: list[np.ndarray], options: DecodingOptions, timeout_ms: float | None = None,
+                      return_attention: bool = False) -> dict:
         outputs = await self._generate(images, options, deadline_from_ms(timeout_ms))
-        return {"captions": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+        result = {"captions": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+        if return_attention:
+            maps = await asyncio.to_thread(self.runtime.cross_attention, np.stack(images).astype(np.float32), None, outputs)
+            encoder = self.runtime.config["encoder"]
+            grid = [encoder.get("grid", encoder["image_size"] // encoder["patch_size"])] * 2
+            result["attention"] = [{"target_tokens": self.tokenizer.pieces(o), "grid": grid, "weights": m.round(5).tolist()}
+                                   for o, m in zip(outputs, maps)]
+        return result
 
 
 def deadline_from_ms(timeout_ms: float | None) -> float | None:

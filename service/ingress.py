@@ -1,7 +1,8 @@
 """HTTP ingress (FastAPI inside Ray Serve): validation, limits, deadlines, and the error format of the API.
 
 (No ``from __future__ import annotations`` here: FastAPI must see the real request-model classes, and
-Ray Serve rebuilds the class where string annotations cannot be resolved.)
+Ray Serve rebuilds the class where string annotations cannot be resolved. For the same reason everything the
+``Ingress`` class uses is defined above it: Serve captures the class when it is decorated.)
 
 Every error is ``{"error": {"code": str, "message": str}}`` naming the offending field: 400 bad input,
 413 over a size limit, 422 schema violation, 503 overloaded (with ``Retry-After``), 504 deadline exceeded.
@@ -130,10 +131,21 @@ class TranslateStreamRequest(BaseModel):
     beam_size: int = Field(1, ge=1, le=1, description="streaming decodes greedily")
 
 
+class AttentionMap(BaseModel):
+    """Cross-attention of one output (last decoder layer, heads averaged): ``weights[i][j]`` is how much output
+    token ``i`` looked at source token / image patch ``j``; each row sums to 1."""
+
+    target_tokens: list[str]
+    source_tokens: list[str] | None = None  # translator
+    grid: list[int] | None = None  # captioner: columns are patches in reading order on a rows × cols grid
+    weights: list[list[float]]
+
+
 class TranslateResponse(BaseModel):
     translations: list[str]
     model: str = "translator"
     tokens: list[int]
+    attention: list[AttentionMap] | None = None
 
 
 class ClassifyRequest(BaseModel):
@@ -164,6 +176,7 @@ class CaptionRequest(BaseModel):
 class CaptionResponse(BaseModel):
     captions: list[str]
     model: str = "captioner"
+    attention: list[AttentionMap] | None = None
 
 
 def one_or_many(single, many, field: str) -> list:
@@ -215,23 +228,29 @@ async def call(handle_call, timeout: float | None, model: str):
         raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
 
 
+def attention_pb(pb, a: dict):
+    weights = a["weights"]
+    grid = a.get("grid") or [0, 0]
+    return pb.AttentionMap(rows=len(weights), cols=len(weights[0]) if weights else 0, weights=[w for row in weights for w in row],
+                           row_tokens=a["target_tokens"], col_tokens=a.get("source_tokens") or [],
+                           grid_rows=grid[0], grid_cols=grid[1])
+
+
 @serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
     def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
         self.translator, self.classifier, self.captioner = translator, classifier, captioner
 
-    async def _translate(self, texts: list[str], beam_size: int, max_new_tokens: int, timeout: float | None) -> dict:
+    async def _translate(self, texts: list[str], beam_size: int, max_new_tokens: int, timeout: float | None,
+                         return_attention: bool = False) -> dict:
         for i, t in enumerate(texts):
-            if len(t) > MAX_TEXT_CHARS:
-                raise ApiError(413, "text_too_long", f"texts[{i}]: {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
-            if not t.strip():
-                raise ApiError(400, "empty_text", f"texts[{i}]: empty")
+            self._check_text(t, f"texts[{i}]")
         try:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.translator.translate.remote(texts, options, timeout), timeout, "translator")
+        return await call(self.translator.translate.remote(texts, options, timeout, return_attention), timeout, "translator")
 
     async def _classify(self, payloads: list[bytes], top_k: int, timeout: float | None) -> list:
         if not 1 <= top_k <= 10:
@@ -244,7 +263,8 @@ class Ingress:
                 raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
         return await call(self.classifier.classify.remote(arrays, top_k), timeout, "classifier")
 
-    async def _caption(self, data: bytes, beam_size: int, max_new_tokens: int, timeout: float | None) -> dict:
+    async def _caption(self, data: bytes, beam_size: int, max_new_tokens: int, timeout: float | None,
+                       return_attention: bool = False) -> dict:
         try:
             image = scene_input(data)
         except BadImage as e:
@@ -253,14 +273,12 @@ class Ingress:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.captioner.caption.remote([image], options, timeout), timeout, "captioner")
+        return await call(self.captioner.caption.remote([image], options, timeout, return_attention), timeout, "captioner")
 
-    @app.post("/v1/translate", response_model=TranslateResponse)
+    @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
     async def translate(self, body: TranslateRequest, request: Request) -> dict:
         texts = one_or_many(body.text, body.texts, "text")
-        if body.return_attention:
-            raise ApiError(400, "unsupported", "return_attention: not served yet")
-        result = await self._translate(texts, body.beam_size, body.max_new_tokens, timeout_ms(request))
+        result = await self._translate(texts, body.beam_size, body.max_new_tokens, timeout_ms(request), body.return_attention)
         return {**result, "model": "translator"}
 
     def _check_text(self, text: str, field: str = "text") -> None:
@@ -334,12 +352,11 @@ class Ingress:
         predictions = await self._classify(payloads, top_k, timeout_ms(request))
         return {"predictions": predictions, "model": "classifier"}
 
-    @app.post("/v1/caption", response_model=CaptionResponse)
+    @app.post("/v1/caption", response_model=CaptionResponse, response_model_exclude_none=True)
     async def caption(self, body: CaptionRequest, request: Request) -> dict:
-        if body.return_attention:
-            raise ApiError(400, "unsupported", "return_attention: not served yet")
-        result = await self._caption(b64(body.image, "image"), body.beam_size, body.max_new_tokens, timeout_ms(request))
-        return {"captions": result["captions"], "model": "captioner"}
+        result = await self._caption(b64(body.image, "image"), body.beam_size, body.max_new_tokens, timeout_ms(request),
+                                     body.return_attention)
+        return {"captions": result["captions"], "model": "captioner", "attention": result.get("attention")}
 
     # gRPC: inference.v1.Inference (proto/inference.proto). Ray Serve routes each RPC to the method of the
     # same name; errors become INVALID_ARGUMENT / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, never INTERNAL.
@@ -365,8 +382,6 @@ class Ingress:
         from proto import inference_pb2 as pb
 
         async def work():
-            if request.return_attention:
-                raise ApiError(400, "unsupported", "return_attention: not served yet")
             texts = list(request.texts)
             if not texts:
                 raise ApiError(422, "invalid_field", "texts: must not be empty")
@@ -374,8 +389,9 @@ class Ingress:
                 raise ApiError(413, "too_many_items", f"texts: {len(texts)} items; the limit is {MAX_ITEMS}")
             beam = request.beam_size if request.HasField("beam_size") else 1
             max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 128
-            result = await self._translate(texts, beam, max_new, None)
-            return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator")
+            result = await self._translate(texts, beam, max_new, None, request.return_attention)
+            return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator",
+                                        attention=[attention_pb(pb, a) for a in result.get("attention", [])])
 
         return await self._grpc(grpc_context, pb.TranslateResponse(), work, "translator", "Translate")
 
@@ -436,12 +452,11 @@ class Ingress:
         from proto import inference_pb2 as pb
 
         async def work():
-            if request.return_attention:
-                raise ApiError(400, "unsupported", "return_attention: not served yet")
             beam = request.beam_size if request.HasField("beam_size") else 1
             max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 40
-            result = await self._caption(request.image, beam, max_new, None)
-            return pb.CaptionResponse(captions=result["captions"], model="captioner")
+            result = await self._caption(request.image, beam, max_new, None, request.return_attention)
+            return pb.CaptionResponse(captions=result["captions"], model="captioner",
+                                      attention=[attention_pb(pb, a) for a in result.get("attention", [])])
 
         return await self._grpc(grpc_context, pb.CaptionResponse(), work, "captioner", "Caption")
 

@@ -13,9 +13,11 @@ the ``(B, V)`` logits come back to the host each step. The same binding code run
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,8 @@ class RuntimeOptions:
     cuda_device_id: int = 0
 
 
-def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
+def create_session(path: str | Path | bytes, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
+    """A session on the selected providers; ``path`` may also be a serialized model."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
@@ -67,7 +70,8 @@ def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions())
     so.log_severity_level = 3
     providers = list(options.providers) if options.providers else select_providers()
     provider_options = [{"device_id": options.cuda_device_id} if p == CUDA else {} for p in providers]
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers, provider_options=provider_options)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options)
 
 
 def gather_session(float_type: type, providers: list[str], options: RuntimeOptions) -> ort.InferenceSession:
@@ -93,6 +97,44 @@ def device_of(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] == CUDA else "cpu"
 
 
+def with_cross_attention_weights(model, layer: int):
+    """``decoder.onnx`` with one more output, ``cross_attention``: the softmax weights ``(B, H, 1, S)`` of layer
+    ``layer``'s cross-attention, taken from its fused ``Attention`` node (``qk_matmul_output_mode=3``), so the
+    graph stays fused. The node is found by its K input, which comes from graph input ``cross.{layer}.key``
+    (possibly through ``Cast`` nodes, as in fp16 graphs)."""
+    import onnx
+    from onnx import helper
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def source(name: str) -> str:
+        while name in producer and producer[name].op_type in ("Cast", "Identity"):
+            name = producer[name].input[0]
+        return name
+
+    want = f"cross.{layer}.key"
+    nodes = [n for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx") and source(n.input[1]) == want]
+    if len(nodes) != 1:
+        raise ValueError(f"expected one fused Attention node reading {want}, found {len(nodes)}")
+    node = nodes[0]
+    outputs = list(node.output) + [""] * (4 - len(node.output))
+    outputs[3] = "cross_attention"
+    del node.output[:]
+    node.output.extend(outputs)
+    for attr in node.attribute:
+        if attr.name == "qk_matmul_output_mode":
+            node.attribute.remove(attr)
+            break
+    node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))  # weights after softmax
+    logits = next(o for o in graph.output if o.name == "logits")
+    graph.output.append(helper.make_tensor_value_info("cross_attention", logits.type.tensor_type.elem_type,
+                                                      ["batch", "heads", 1, "source"]))
+    onnx.checker.check_model(model)
+    return model
+
+
 class EncoderDecoderRuntime:
     """The two sessions of a generative model in the repository (``encoder.onnx`` + ``decoder.onnx``)."""
 
@@ -105,6 +147,9 @@ class EncoderDecoderRuntime:
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name.startswith("past_key_values"))
         self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
         self.gather = gather_session(self.float_type, self.decoder.get_providers(), options)
+        self.options = options
+        self._attention: ort.InferenceSession | None = None  # made on first use (return_attention)
+        self._attention_lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -119,6 +164,44 @@ class EncoderDecoderRuntime:
         if source_mask is None:
             source_mask = np.ones((kv[0].shape[0], kv[0].shape[2]), dtype=bool)
         return kv, source_mask
+
+    def attention_session(self) -> ort.InferenceSession:
+        with self._attention_lock:
+            if self._attention is None:
+                import onnx
+
+                model = with_cross_attention_weights(onnx.load(self.directory / "decoder.onnx"), self.layers - 1)
+                self._attention = create_session(model.SerializeToString(), self.options)
+        return self._attention
+
+    def cross_attention(self, inputs: np.ndarray, source_mask: np.ndarray | None, outputs: list[list[int]]) -> list[np.ndarray]:
+        """What the decoder looked at while producing each output token: one ``(len(output), source positions)``
+        array per row, the last layer's cross-attention averaged over heads; padding columns dropped.
+
+        One teacher-forced pass with the KV cache over ``[BOS] + output`` on a copy of the decoder that also
+        returns its fused cross-attention node's weights (``with_cross_attention_weights``). Rows are decoded
+        together; a row that is done keeps stepping on padding, and its extra rows are cut off.
+        """
+        session = self.attention_session()
+        cross_kv, mask = self.encode(inputs, source_mask)
+        special = self.config["special_tokens"]
+        b, steps = len(outputs), max((len(o) for o in outputs), default=0)
+        feed_tokens = np.full((b, max(steps, 1)), special["pad"], dtype=np.int64)
+        for i, out in enumerate(outputs):
+            row = [special["bos"]] + list(out)
+            feed_tokens[i, : min(len(row), steps)] = row[:steps]
+        cfg = self.config["decoder"]
+        past = [np.zeros((b, cfg["heads"], 0, cfg["head_dim"]), dtype=self.float_type) for _ in range(2 * self.layers)]
+        names = ["cross_attention"] + kv_names("present", self.layers)
+        weights = np.zeros((b, steps, mask.shape[1]), dtype=np.float32)
+        for t in range(steps):
+            feeds = {"input_ids": feed_tokens[:, t : t + 1], "position_ids": np.full((b, 1), t, dtype=np.int64),
+                     "self_mask": np.ones((b, t + 1), dtype=bool), "cross_mask": mask}
+            feeds.update(zip(kv_names("past_key_values", self.layers), past))
+            feeds.update(zip(kv_names("cross", self.layers), cross_kv))
+            attention, *past = session.run(names, feeds)
+            weights[:, t] = attention[:, :, 0].astype(np.float32).mean(axis=1)  # (B, S): heads averaged
+        return [weights[i, : len(out), : int(mask[i].sum())] for i, out in enumerate(outputs)]
 
     def start(self, cross_kv: list[np.ndarray], cross_mask: np.ndarray, repeat: int = 1) -> OrtInference:
         """A decoding state for this batch; ``repeat`` > 1 repeats every row (one per beam)."""
