@@ -51,7 +51,7 @@ export: install
 	touch $(REPO)/.complete
 
 proto: install-test
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/inference.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. proto/inference.proto proto/open_inference.proto
 
 train: install
 	$(PY) -m models.train classifier

@@ -41,7 +41,11 @@ def digit_input(data: bytes, size: int = 8) -> np.ndarray:
     Converted to grayscale; dark-on-light pictures (a border brighter than the average) are inverted; an image
     of another size is cropped to its ink, padded to a centred square and area-averaged to ``size × size``.
     """
-    gray = np.asarray(decode(data).convert("L"), dtype=np.float32) / 255.0
+    return digit_array(np.asarray(decode(data).convert("L"), dtype=np.float32) / 255.0, size)
+
+
+def digit_array(gray: np.ndarray, size: int = 8) -> np.ndarray:
+    """``digit_input`` for a grayscale ``(H, W)`` array in [0, 1] (the Open Inference Protocol's FP32 input)."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > gray.mean():  # light background: ink is dark
         gray = 1.0 - gray

@@ -14,27 +14,35 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from service import oip
 from service.config import default_repository
 from service.decoding import DecodingOptions
 from service.deployments import DeadlineExceeded, Overloaded
-from service.images import BadImage, digit_input, scene_input
+from service.images import MAX_SIDE, BadImage, digit_array, digit_input, scene_input
 from service.metrics import metrics
 
 MAX_TEXT_CHARS, MAX_ITEMS = 512, 64
-GRPC_SERVICERS = ["proto.inference_pb2_grpc.add_InferenceServicer_to_server"]
+GRPC_SERVICERS = [
+    "proto.inference_pb2_grpc.add_InferenceServicer_to_server",
+    "proto.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+HEALTH_SERVICES = {"", "inference.v1.Inference", "inference.GRPCInferenceService"}
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 app = FastAPI(
@@ -79,9 +87,22 @@ def record(model: str, protocol: str, method: str, code: str, ok: bool, seconds:
         m.inc("inference_errors_total", model=model, protocol=protocol, code=code)
 
 
+OIP_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+
+
+def route_model(path: str) -> tuple[str | None, str]:
+    """(the model label, the method label) of an inference route; (None, "") for everything else."""
+    if path in ROUTE_MODELS:
+        return ROUTE_MODELS[path], path.rsplit("/", 1)[-1]
+    match = OIP_INFER.match(path)
+    if match and match.group(1) in oip.MODELS:
+        return match.group(1), "ModelInfer"
+    return None, ""
+
+
 @app.middleware("http")
 async def _observe(request: Request, call_next):
-    model = ROUTE_MODELS.get(request.url.path)
+    model, method = route_model(request.url.path)
     if model is None:
         started = time.monotonic()
         response = await call_next(request)
@@ -98,12 +119,19 @@ async def _observe(request: Request, call_next):
         return response
     finally:
         metrics().add_gauge("inference_requests_in_flight", -1, model=model)
-        record(model, "http", request.url.path.rsplit("/", 1)[-1], code, code == "200", time.monotonic() - started)
+        record(model, "http", method, code, code == "200", time.monotonic() - started)
 
 
 @app.exception_handler(ApiError)
-async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+    if request.url.path.startswith("/v2"):  # the Open Inference Protocol's error body
+        return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
     return error(e.status, e.code, e.message, e.headers)
+
+
+@app.exception_handler(oip.ProtocolError)
+async def _protocol_error(_: Request, e: oip.ProtocolError) -> JSONResponse:
+    return JSONResponse({"error": str(e)}, status_code=e.status)
 
 
 @app.exception_handler(RequestValidationError)
@@ -255,13 +283,230 @@ class Ingress:
     async def _classify(self, payloads: list[bytes], top_k: int, timeout: float | None) -> list:
         if not 1 <= top_k <= 10:
             raise ApiError(422, "invalid_field", f"top_k must be within 1..10, got {top_k}")
+        return await call(self.classifier.classify.remote(self._digits(payloads), top_k), timeout, "classifier")
+
+    @staticmethod
+    def _digits(payloads: list[bytes], field: str = "images") -> list:
         arrays = []
         for i, data in enumerate(payloads):
             try:
                 arrays.append(digit_input(data))
             except BadImage as e:
-                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"images[{i}]: {e}") from None
-        return await call(self.classifier.classify.remote(arrays, top_k), timeout, "classifier")
+                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"{field}[{i}]: {e}") from None
+        return arrays
+
+    @staticmethod
+    def _scenes(payloads: list[bytes], field: str = "image") -> list:
+        arrays = []
+        for i, data in enumerate(payloads):
+            try:
+                arrays.append(scene_input(data))
+            except BadImage as e:
+                raise ApiError(413 if "limit" in str(e) else 400, "invalid_image", f"{field}[{i}]: {e}") from None
+        return arrays
+
+    # ------------------------------------------------------------------ Open Inference Protocol (service/oip.py)
+
+    async def _oip_infer(self, model: str, tensors: list, params: dict, timeout: float | None) -> list:
+        """The three models behind the protocol's tensors; the task API's validation and limits apply."""
+        oip.metadata(model)  # 404 for an unknown model
+        t = oip.only_input(tensors, model)
+        n = len(t.data) if isinstance(t.data, list) else t.data.shape[0]
+        if model == "classifier":
+            if t.name == "images":
+                images = t.data
+                if images.ndim != 4 or images.shape[1] != 1:
+                    raise oip.ProtocolError(f"images: shape must be [N, 1, H, W], got {list(images.shape)}")
+                if max(images.shape[2:]) > MAX_SIDE or min(images.shape[2:]) < 1:
+                    raise oip.ProtocolError(f"images: {images.shape[2]}×{images.shape[3]}; sides must be 1..{MAX_SIDE}", 413)
+                if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+                    raise oip.ProtocolError("images: values must be finite and within [0, 1]")
+                arrays = [digit_array(np.asarray(image[0], dtype=np.float32)) for image in images]
+            else:
+                arrays = self._digits(t.data, "image_bytes")
+            result = await call(self.classifier.scores.remote(arrays), timeout, "classifier")
+            probs, labels = result["probabilities"], result["labels"]
+            top = [labels[i].encode() for i in probs.argmax(-1)]
+            return [oip.Output("probabilities", "FP32", [n, probs.shape[1]], probs), oip.Output("label", "BYTES", [n], top)]
+        beam = oip.int_parameter(params, "beam_size", 1, 1, 8)
+        if model == "translator":
+            max_new = oip.int_parameter(params, "max_new_tokens", 128, 1, 256)
+            try:
+                texts = [x.decode("utf-8") for x in t.data]
+            except UnicodeDecodeError:
+                raise oip.ProtocolError("text: elements must be UTF-8") from None
+            result = await self._translate(texts, beam, max_new, timeout)
+            return [oip.Output("translation", "BYTES", [n], [x.encode() for x in result["translations"]]),
+                    oip.Output("tokens", "INT32", [n], np.asarray(result["tokens"], dtype=np.int32))]
+        max_new = oip.int_parameter(params, "max_new_tokens", 40, 1, 256)
+        options = DecodingOptions(beam_size=beam, max_new_tokens=max_new)
+        result = await call(self.captioner.caption.remote(self._scenes(t.data), options, timeout), timeout, "captioner")
+        return [oip.Output("caption", "BYTES", [n], [x.encode() for x in result["captions"]])]
+
+    async def _model_ready(self, name: str) -> bool:
+        handle = {"translator": self.translator, "classifier": self.classifier, "captioner": self.captioner}.get(name)
+        if handle is None:
+            raise oip.ProtocolError(f"unknown model '{name}'; models: {', '.join(oip.MODELS)}", 404)
+        try:
+            return bool(await asyncio.wait_for(handle.ready.remote(), 5.0))
+        except Exception:  # a replica down or too slow
+            return False
+
+    @app.get("/v2", tags=["open inference protocol"])
+    async def oip_server_metadata(self) -> dict:
+        return oip.SERVER
+
+    @app.get("/v2/health/live", tags=["open inference protocol"])
+    async def oip_live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["open inference protocol"])
+    async def oip_ready(self) -> JSONResponse:
+        ready = all(await asyncio.gather(*(self._model_ready(m) for m in oip.MODELS)))
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/v2/models/{name}", tags=["open inference protocol"])
+    @app.get("/v2/models/{name}/versions/{version}", tags=["open inference protocol"])
+    async def oip_model_metadata(self, name: str, version: str | None = None) -> dict:
+        oip.check_version(version)
+        return oip.metadata(name)
+
+    @app.get("/v2/models/{name}/ready", tags=["open inference protocol"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["open inference protocol"])
+    async def oip_model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+        oip.check_version(version)
+        ready = await self._model_ready(name)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.post("/v2/models/{name}/infer", tags=["open inference protocol"])
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["open inference protocol"])
+    async def oip_infer(self, name: str, request: Request, version: str | None = None) -> Response:
+        oip.check_version(version)
+        oip.metadata(name)
+        body, header = await request.body(), request.headers.get("Inference-Header-Content-Length")
+        head, tensors = oip.parse_http(body, header)
+        params = head.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise oip.ProtocolError("'parameters' must be an object")
+        outputs = await self._oip_infer(name, tensors, params, timeout_ms(request))
+        content, headers = oip.http_response(name, head, outputs)
+        return Response(content, headers=headers, media_type=headers["content-type"])
+
+    # gRPC inference.GRPCInferenceService (proto/open_inference.proto)
+
+    async def _oip_grpc(self, context, empty, work, model: str | None = None, method: str | None = None):
+        started, code = time.monotonic(), grpc.StatusCode.OK
+        try:
+            return await work()
+        except oip.ProtocolError as e:
+            code = grpc.StatusCode.NOT_FOUND if e.status == 404 else GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_code(code)
+            context.set_details(str(e))
+            return empty
+        except ApiError as e:
+            code = GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_code(code)
+            context.set_details(e.message)
+            return empty
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            if model in oip.MODELS and method:
+                record(model, "grpc", method, code.name, code == grpc.StatusCode.OK, time.monotonic() - started)
+
+    async def ServerLive(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        return pb.ServerReadyResponse(ready=all(await asyncio.gather(*(self._model_ready(m) for m in oip.MODELS))))
+
+    async def ModelReady(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        async def work():
+            oip.check_version(request.version)
+            return pb.ModelReadyResponse(ready=await self._model_ready(request.name))
+
+        return await self._oip_grpc(grpc_context, pb.ModelReadyResponse(), work)
+
+    async def ServerMetadata(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        return pb.ServerMetadataResponse(**oip.SERVER)
+
+    async def ModelMetadata(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        async def work():
+            oip.check_version(request.version)
+            meta = oip.metadata(request.name)
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                            inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+
+        return await self._oip_grpc(grpc_context, pb.ModelMetadataResponse(), work)
+
+    async def ModelInfer(self, request, grpc_context):
+        from proto import open_inference_pb2 as pb
+
+        model = request.model_name if request.model_name in oip.MODELS else None
+
+        async def work():
+            oip.check_version(request.model_version)
+            oip.metadata(request.model_name)
+            if model:
+                metrics().add_gauge("inference_requests_in_flight", 1, model=model)
+            try:
+                outputs = await self._oip_infer(request.model_name, oip.parse_grpc(request),
+                                                oip.grpc_parameters(request.parameters), None)
+            finally:
+                if model:
+                    metrics().add_gauge("inference_requests_in_flight", -1, model=model)
+            return oip.grpc_response(pb, request.model_name, request.id, [o.name for o in request.outputs], outputs)
+
+        return await self._oip_grpc(grpc_context, pb.ModelInferResponse(), work, model, "ModelInfer")
+
+    # gRPC grpc.health.v1.Health: service "" (everything), a gRPC service name, or a model name
+
+    async def _health_status(self, service: str):
+        from grpc_health.v1 import health_pb2
+
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        if service in oip.MODELS:
+            return serving if await self._model_ready(service) else not_serving
+        if service in HEALTH_SERVICES:
+            ready = all(await asyncio.gather(*(self._model_ready(m) for m in oip.MODELS)))
+            return serving if ready else not_serving
+        return None
+
+    async def Check(self, request, grpc_context):
+        from grpc_health.v1 import health_pb2
+
+        status = await self._health_status(request.service)
+        if status is None:
+            grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
+            grpc_context.set_details(f"unknown service '{request.service}'")
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request, grpc_context):
+        """The current status, then every change (checked each second), until the client leaves."""
+        from grpc_health.v1 import health_pb2
+
+        last = None
+        while True:
+            status = await self._health_status(request.service)
+            if status is None:
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(1.0)
 
     async def _caption(self, data: bytes, beam_size: int, max_new_tokens: int, timeout: float | None,
                        return_attention: bool = False) -> dict:
