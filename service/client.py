@@ -1,6 +1,7 @@
 """Command-line client over HTTP (default) or gRPC.
 
     python -m service.client translate "Friday, March 14, 2025" ["She speaks German." …] [--beam-size 4]
+    python -m service.client translate "Friday, March 14, 2025" --stream   # tokens as they are decoded
     python -m service.client classify digit.png [more.png …] [--top-k 3]
     python -m service.client caption scene.png [--attention attention.png]
     … --grpc                      # gRPC on 127.0.0.1:9000 instead of HTTP on 127.0.0.1:8000
@@ -71,7 +72,55 @@ def _numbered(path: str, i: int, n: int) -> str:
     return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
 
 
+def stream(args) -> list[str]:
+    """Print the translation token by token as the service decodes it; return it whole."""
+    if len(args.inputs) != 1:
+        raise ServiceError("--stream translates one text at a time")
+    pieces = []
+    if args.grpc:
+        import grpc
+
+        from proto import inference_pb2 as pb
+        from proto import inference_pb2_grpc
+
+        with grpc.insecure_channel(args.grpc_target) as channel:
+            try:
+                for chunk in inference_pb2_grpc.InferenceStub(channel).TranslateStream(
+                        pb.TranslateRequest(texts=args.inputs), timeout=(args.timeout_ms or 60_000) / 1000):
+                    if not chunk.done:
+                        pieces.append(chunk.token)
+                        print(chunk.token, end="", flush=True, file=sys.stderr)
+            except grpc.RpcError as e:
+                raise ServiceError(f"gRPC {e.code().name}: {e.details()}") from None
+    else:
+        import requests
+
+        headers = {"X-Request-Timeout-Ms": str(args.timeout_ms)} if args.timeout_ms else {}
+        try:
+            with requests.post(args.url.rstrip("/") + "/v1/translate/stream", json={"text": args.inputs[0]}, headers=headers,
+                               stream=True, timeout=(args.timeout_ms or 60_000) / 1000 + 5) as r:
+                if r.status_code != 200:
+                    raise ServiceError(f"HTTP {r.status_code}: {r.text[:200]}")
+                event = "message"
+                for line in r.iter_lines(decode_unicode=True):
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        item = json.loads(line[6:])
+                        if event == "error":
+                            raise ServiceError(f"{item['error']['code']}: {item['error']['message']}")
+                        if "token" in item:
+                            pieces.append(item["token"])
+                            print(item["token"], end="", flush=True, file=sys.stderr)
+        except requests.RequestException as e:
+            raise ServiceError(f"cannot reach {args.url}: {e.__class__.__name__}") from None
+    print(file=sys.stderr)
+    return ["".join(pieces)]
+
+
 def translate(args) -> list[str]:
+    if args.stream:
+        return stream(args)
     want = bool(args.attention)
     if args.grpc:
         from proto import inference_pb2 as pb
@@ -143,11 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--timeout-ms", type=int, help="deadline for the request")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    parser.add_argument("--stream", action="store_true", help="translate: show tokens as they are decoded (on stderr)")
     parser.add_argument("--attention", metavar="PNG", help="translate/caption: also draw the cross-attention into this PNG "
                         "(numbered out-1.png, out-2.png, … for several inputs)")
     args = parser.parse_args(argv)
     if args.attention and args.task == "classify":
         parser.error("--attention applies to translate and caption")
+    if args.stream and (args.task != "translate" or args.attention or args.beam_size != 1):
+        parser.error("--stream applies to translate, greedy, without --attention")
     try:
         result = {"translate": translate, "classify": classify, "caption": caption}[args.task](args)
     except ServiceError as e:

@@ -177,6 +177,8 @@ def test_command_line_client(service, tmp_path, transport):
     run = lambda *a: subprocess.run([sys.executable, "-m", "service.client", *a, *flags], cwd=root, capture_output=True, text=True, timeout=120)
     out = run("translate", "Friday, March 14, 2025")
     assert out.returncode == 0 and out.stdout.strip() == "vendredi 14 mars 2025", out.stderr
+    out = run("translate", "Friday, March 14, 2025", "--stream")
+    assert out.returncode == 0 and out.stdout.strip() == "vendredi 14 mars 2025" and "vendredi" in out.stderr, out.stderr
     test = D.digit_splits()["test"]
     digit = tmp_path / "digit.png"
     digit.write_bytes(encode_png(np.round(test.images[0] * 255)))
