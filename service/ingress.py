@@ -269,6 +269,8 @@ def attention_pb(pb, a: dict):
 class Ingress:
     def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
         self.translator, self.classifier, self.captioner = translator, classifier, captioner
+        for model in oip.MODELS:  # every model's in-flight series exists (at 0) from the start
+            metrics().add_gauge("inference_requests_in_flight", 0, model=model)
 
     async def _translate(self, texts: list[str], beam_size: int, max_new_tokens: int, timeout: float | None,
                          return_attention: bool = False) -> dict:

@@ -8,10 +8,12 @@ of the engine) a no-op recorder stands in, so the serving code never branches on
 from __future__ import annotations
 
 import threading
+import time
 
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 TOKEN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
+GAUGE_REFRESH_S = 5.0
 
 # name: (kind, description, label names, buckets)
 SPEC = {
@@ -40,6 +42,7 @@ class Metrics:
         self._made: dict[str, object] = {}
         self._gauges: dict[tuple, float] = {}
         self._lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
         try:
             import ray
 
@@ -72,6 +75,18 @@ class Metrics:
         with self._lock:
             self._gauges[key] = self._gauges.get(key, 0.0) + delta
             self._metric(name).set(self._gauges[key], tags=labels)
+            if self._ray and self._refresher is None:
+                self._refresher = threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True)
+                self._refresher.start()
+
+    def _refresh(self) -> None:
+        """Ray's exporter forgets a gauge series ~20 s after its last ``set``: an idle service would show no
+        in-flight series at all instead of 0. Re-set every known gauge to its current value every few seconds."""
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            with self._lock:
+                for (name, labels), value in self._gauges.items():
+                    self._metric(name).set(value, tags=dict(labels))
 
 
 _instance: Metrics | None = None
