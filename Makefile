@@ -9,11 +9,15 @@ TORCH_SPEC ?= torch==2.13.0
 ORT_EXTRA ?= cpu
 REPO ?= model_repository
 
-.PHONY: run test install install-test export proto train clean help
+TOOLS  := .tools
+PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
+
+.PHONY: run test observe install install-test export proto train clean help prometheus
 
 help:
 	@echo "make run    install (if needed) and start what the project serves"
 	@echo "make test   install with test extras (if needed) and run the test suite"
+	@echo "make observe  make run plus a local Prometheus (deploy/prometheus/) on :9090"
 	@echo "make export export the ONNX model repository again (make run does it once, if missing)"
 	@echo "make train  retrain all three models into models/checkpoints/ (~25 min on 2 CPU cores)"
 
@@ -43,8 +47,22 @@ $(REPO)/.complete: | $(VENV)/.installed
 run: install $(REPO)/.complete
 	MODEL_REPOSITORY=$(REPO) $(PY) -m service.app
 
+# Debian's prometheus package (server + promtool), unpacked without root or install scripts.
+$(PROMETHEUS):
+	rm -rf $(TOOLS)/prometheus $(TOOLS)/dl && mkdir -p $(TOOLS)/dl
+	cd $(TOOLS)/dl && apt-get download prometheus && dpkg -x prometheus_*.deb ../prometheus
+	rm -rf $(TOOLS)/dl
+	$(PROMETHEUS) --version | head -1
+
+prometheus: $(PROMETHEUS)
+
+# The monitoring tests need Prometheus; where apt-get cannot fetch it they skip (CI sets REQUIRE_PROMETHEUS=1).
 test: install-test
+	-@$(MAKE) --no-print-directory $(PROMETHEUS)
 	$(PY) -m pytest
+
+observe: install $(REPO)/.complete $(PROMETHEUS)
+	MODEL_REPOSITORY=$(REPO) $(PY) -m service.observe
 
 export: install
 	$(PY) -m export --out $(REPO)
@@ -59,4 +77,4 @@ train: install
 	$(PY) -m models.train translator
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(REPO)
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(REPO) $(TOOLS)

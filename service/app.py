@@ -47,8 +47,10 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
     try:
-        config, notes = serve_config.localize(config, repository=str(repository), host="127.0.0.1", http_port=port,
-                                              grpc_port=grpc_port, gpus=ray.cluster_resources().get("GPU", 0))
+        host = os.environ.get("SERVE_HTTP_HOST", "127.0.0.1")  # 0.0.0.0 in a container
+        config, notes = serve_config.localize(config, repository=str(repository), host=host, http_port=port,
+                                              grpc_port=grpc_port, gpus=ray.cluster_resources().get("GPU", 0),
+                                              single_node=True)
         for note in notes:
             print(note)
         serve_config.deploy(config)

@@ -43,10 +43,11 @@ def deployment(config: dict, name: str, app: str = APP_NAME) -> dict:
 
 
 def localize(config: dict, *, repository: str | None = None, host: str | None = None, http_port: int | None = None,
-             grpc_port: int | None = None, gpus: float | None = None) -> tuple[dict, list[str]]:
+             grpc_port: int | None = None, gpus: float | None = None, single_node: bool = False) -> tuple[dict, list[str]]:
     """A copy of ``config`` for this machine, and what was changed (to tell the user).
 
     ``gpus``: the GPUs Ray sees here; with none, every deployment's ``num_gpus`` is dropped so the models run on CPU.
+    ``single_node``: one replica per deployment (no machine to scale onto): autoscaling is pinned to ``min_replicas``.
     """
     config, notes = copy.deepcopy(config), []
     if host is not None:
@@ -62,6 +63,10 @@ def localize(config: dict, *, repository: str | None = None, host: str | None = 
             actor = entry.get("ray_actor_options", {})
             if not gpus and actor.get("num_gpus"):
                 notes.append(f"{entry['name']}: num_gpus {actor.pop('num_gpus')} dropped (Ray sees no GPU here)")
+            scaling = entry.get("autoscaling_config")
+            if single_node and scaling and scaling.get("max_replicas", 1) != scaling.get("min_replicas", 1):
+                scaling["max_replicas"] = scaling.get("min_replicas", 1)
+                notes.append(f"{entry['name']}: autoscaling pinned to {scaling['max_replicas']} replica(s) on one machine")
     return config, notes
 
 

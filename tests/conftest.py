@@ -48,7 +48,7 @@ def service(repo):
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
     config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
-                                      grpc_port=grpc_port, gpus=0)
+                                      grpc_port=grpc_port, gpus=0, single_node=True)
     serve_config.deploy(config)
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):

@@ -48,6 +48,9 @@ def test_localize_drops_gpu_requests_only_without_a_gpu():
     assert cpu["applications"][0]["args"] == {"repository": "/x"} and cpu["http_options"]["port"] == 1
     gpu, notes = serve_config.localize(config, gpus=1)
     assert not notes and gpu == config
+    one, notes = serve_config.localize(config, gpus=1, single_node=True)
+    assert len(notes) == 4 and all(d["autoscaling_config"]["max_replicas"] == 1 for d in one["applications"][0]["deployments"])
+    assert serve_config.deployment(config, "Translator")["autoscaling_config"]["max_replicas"] == 4
     assert "num_gpus" in serve_config.deployment(config, "Translator")["ray_actor_options"]  # the input is untouched
 
 
@@ -73,7 +76,7 @@ def test_ray_serve_run_deploys_the_file(repo, tmp_path):
     """`serve run` (Ray's CLI) on the file, localized for this GPU-less machine: the routes answer."""
     port, grpc_port = free_port(), free_port()
     config, _ = serve_config.localize(serve_config.load(), repository=str(repo), host="127.0.0.1", http_port=port,
-                                      grpc_port=grpc_port, gpus=0)
+                                      grpc_port=grpc_port, gpus=0, single_node=True)
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     serve = Path(sys.executable).parent / "serve"
