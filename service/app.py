@@ -43,9 +43,9 @@ def main() -> int:
         return 2
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     ray.init(include_dashboard=False, logging_level="ERROR", configure_logging=False, _metrics_export_port=metrics_port)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own SIGTERM handler
+        signal.signal(sig, lambda *_: stop.set())
     try:
         host = os.environ.get("SERVE_HTTP_HOST", "127.0.0.1")  # 0.0.0.0 in a container
         config, notes = serve_config.localize(config, repository=str(repository), host=host, http_port=port,

@@ -14,14 +14,20 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    port, grpc_port = ports
-    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "MODEL_REPOSITORY": str(repo)}
+    port, grpc_port, metrics_port = free_ports(3)
+    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port),
+           "MODEL_REPOSITORY": str(repo)}
     proc = subprocess.Popen([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -64,3 +70,35 @@ def test_broken_serve_config_is_a_clear_error(repo, tmp_path):
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "SERVE_CONFIG": str(bad)}
     proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "serve config" in proc.stderr and "max_ongoing_requests" in proc.stderr, proc.stderr
+
+
+def test_make_observe_runs_prometheus_beside_the_service_and_stops_both(repo):
+    from tests.test_deploy import prometheus_tool
+
+    prometheus_tool("prometheus")
+    port, grpc_port, metrics_port, prom_port = free_ports(4)
+    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port),
+           "PROMETHEUS_PORT": str(prom_port), "MODEL_REPOSITORY": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.observe"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    try:
+        deadline = time.time() + 240
+        while not any("ready in" in line for line in lines):
+            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        targets = requests.get(f"http://127.0.0.1:{prom_port}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        assert [t["scrapeUrl"] for t in targets] == [f"http://127.0.0.1:{metrics_port}/metrics"]
+        assert any(f"http://127.0.0.1:{prom_port}" in line for line in lines)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        assert proc.returncode == 0, "".join(lines)[-3000:]
+        try:
+            requests.get(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2)
+            raise AssertionError("Prometheus still running after make observe stopped")
+        except requests.ConnectionError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
