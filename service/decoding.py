@@ -57,11 +57,6 @@ def greedy(inference: Inference, batch: int, bos: int, eos: int, max_new_tokens:
     return out
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def _source_done(finished, open_scores, open_seqs, k: int, norm) -> bool:
     """Done once ``k`` hypotheses have ended and no open beam, scored at its current length, beats the best."""
     if len(finished) < k:
@@ -87,17 +82,24 @@ def beam_search(
     seqs: list[list[int]] = [[] for _ in range(batch * k)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     norm = lambda length: max(length, 1) ** options.length_penalty
+    c = 2 * k  # candidates per source: enough to refill K beams after EOS ones
     for step in range(options.max_new_tokens):
-        logp = _log_softmax(inference.logits(last).astype(np.float64))  # (B*K, V)
-        v = logp.shape[-1]
-        total = (scores.reshape(-1, 1) + logp).reshape(batch, k * v)  # (B, K*V)
-        top = np.argsort(-total, axis=1)[:, : 2 * k]  # enough candidates to refill K beams after EOS ones
+        logits = inference.logits(last).astype(np.float32, copy=False)  # (B*K, V)
+        # The source's best c continuations are among each beam's own best c tokens: select those first
+        # (linear time) instead of sorting all K*V, and score only them.
+        cand_tok = np.argpartition(-logits, c - 1, axis=1)[:, :c]  # (B*K, c)
+        shifted = logits - logits.max(-1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(-1, keepdims=True, dtype=np.float64))  # (B*K, 1)
+        cand_logp = np.take_along_axis(shifted, cand_tok, axis=1).astype(np.float64) - lse  # (B*K, c)
+        total = (scores.reshape(-1, 1) + cand_logp).reshape(batch, k * c)  # (B, K*c)
+        top = np.argsort(-total, axis=1, kind="stable")[:, :c]
         new_rows, new_tokens, new_scores, new_seqs = [], [], np.full((batch, k), -np.inf), []
         for b in range(batch):
             kept = 0
             for cand in top[b]:
-                beam, token = divmod(int(cand), v)
+                beam, j = divmod(int(cand), c)
                 row, score = b * k + beam, float(total[b, cand])
+                token = int(cand_tok[row, j])
                 if not np.isfinite(score):
                     continue
                 if token == eos:
