@@ -256,6 +256,19 @@ async def call(handle_call, timeout: float | None, model: str):
         raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator, even when the client disconnects while the
+    iterator is suspended at a ``yield`` (Starlette then cancels the sending task and leaves the generator to the
+    garbage collector, so its ``finally`` - which frees the sequence and settles the metrics - would run late or
+    never)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def attention_pb(pb, a: dict):
     weights = a["weights"]
     grid = a.get("grid") or [0, 0]
@@ -579,7 +592,7 @@ class Ingress:
             finally:
                 await stream.aclose()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return ClosingStreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(self, request: Request) -> dict:

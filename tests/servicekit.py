@@ -66,9 +66,8 @@ def scrape(service: Service) -> str:
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one Prometheus sample in a scrape (labels must all match), or None."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return None
+    """The sum of a metric's samples in a scrape over every series whose labels match (e.g. several worker
+    processes), or None when there is none."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if (line.startswith(name + "{") or line.startswith(name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items())]
+    return sum(values) if values else None
