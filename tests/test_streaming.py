@@ -66,12 +66,15 @@ def cancelled() -> int:
 
 @pytest.fixture
 def busy_translator(url):
-    """32 long decodes in the background: every step is slower, so a stream lasts ~1 s and a disconnect
-    cannot be overtaken by the sequence simply finishing."""
+    """31 long decodes in the background, one short of the engine's batch of 32 so that the stream joins the
+    running batch at once: every step is slower, the stream lasts ~1 s, and a disconnect cannot be overtaken by
+    the sequence simply finishing. (With a full batch the stream would wait for the background to finish and
+    then run alone, fast enough to end before the cancel lands.)"""
+    width = stats("Translator")["max_batch_size"] - 1
     thread = threading.Thread(target=requests.post, args=(url + "/v1/translate",),
-                              kwargs={"json": {"texts": [LOOPING_TEXT] * 32, "max_new_tokens": 256}, "timeout": 120})
+                              kwargs={"json": {"texts": [LOOPING_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})
     thread.start()
-    wait_for(lambda: stats("Translator")["active"] >= 32, timeout=10, what="the background decodes")
+    wait_for(lambda: stats("Translator")["active"] >= width, timeout=10, what="the background decodes")
     yield
     thread.join()
 
