@@ -207,15 +207,19 @@ class CaptionResponse(BaseModel):
     attention: list[AttentionMap] | None = None
 
 
+def counted(items: list, field: str) -> list:
+    """``items`` if there are 1..MAX_ITEMS of them (422 for none, 413 for too many)."""
+    if not items:
+        raise ApiError(422, "invalid_field", f"{field}: must not be empty")
+    if len(items) > MAX_ITEMS:
+        raise ApiError(413, "too_many_items", f"{field}: {len(items)} items; the limit is {MAX_ITEMS}")
+    return items
+
+
 def one_or_many(single, many, field: str) -> list:
     if (single is None) == (many is None):
         raise ApiError(422, "invalid_field", f"send exactly one of '{field}' and '{field}s'")
-    items = [single] if many is None else many
-    if not items:
-        raise ApiError(422, "invalid_field", f"{field}s: must not be empty")
-    if len(items) > MAX_ITEMS:
-        raise ApiError(413, "too_many_items", f"{field}s: {len(items)} items; the limit is {MAX_ITEMS}")
-    return items
+    return counted([single] if many is None else many, f"{field}s")
 
 
 def b64(data: str, field: str) -> bytes:
@@ -409,27 +413,6 @@ class Ingress:
 
     # gRPC inference.GRPCInferenceService (proto/open_inference.proto)
 
-    async def _oip_grpc(self, context, empty, work, model: str | None = None, method: str | None = None):
-        started, code = time.monotonic(), grpc.StatusCode.OK
-        try:
-            return await work()
-        except oip.ProtocolError as e:
-            code = grpc.StatusCode.NOT_FOUND if e.status == 404 else GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_code(code)
-            context.set_details(str(e))
-            return empty
-        except ApiError as e:
-            code = GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
-            context.set_code(code)
-            context.set_details(e.message)
-            return empty
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            if model in oip.MODELS and method:
-                record(model, "grpc", method, code.name, code == grpc.StatusCode.OK, time.monotonic() - started)
-
     async def ServerLive(self, request, grpc_context):
         from proto import open_inference_pb2 as pb
 
@@ -447,7 +430,7 @@ class Ingress:
             oip.check_version(request.version)
             return pb.ModelReadyResponse(ready=await self._model_ready(request.name))
 
-        return await self._oip_grpc(grpc_context, pb.ModelReadyResponse(), work)
+        return await self._grpc(grpc_context, pb.ModelReadyResponse(), work)
 
     async def ServerMetadata(self, request, grpc_context):
         from proto import open_inference_pb2 as pb
@@ -464,7 +447,7 @@ class Ingress:
             return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                                             inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
 
-        return await self._oip_grpc(grpc_context, pb.ModelMetadataResponse(), work)
+        return await self._grpc(grpc_context, pb.ModelMetadataResponse(), work)
 
     async def ModelInfer(self, request, grpc_context):
         from proto import open_inference_pb2 as pb
@@ -473,18 +456,10 @@ class Ingress:
 
         async def work():
             oip.check_version(request.model_version)
-            oip.metadata(request.model_name)
-            if model:
-                metrics().add_gauge("inference_requests_in_flight", 1, model=model)
-            try:
-                outputs = await self._oip_infer(request.model_name, oip.parse_grpc(request),
-                                                oip.grpc_parameters(request.parameters), None)
-            finally:
-                if model:
-                    metrics().add_gauge("inference_requests_in_flight", -1, model=model)
+            outputs = await self._oip_infer(request.model_name, oip.parse_grpc(request), oip.grpc_parameters(request.parameters), None)
             return oip.grpc_response(pb, request.model_name, request.id, [o.name for o in request.outputs], outputs)
 
-        return await self._oip_grpc(grpc_context, pb.ModelInferResponse(), work, model, "ModelInfer")
+        return await self._grpc(grpc_context, pb.ModelInferResponse(), work, model, "ModelInfer")
 
     # gRPC grpc.health.v1.Health: service "" (everything), a gRPC service name, or a model name
 
@@ -621,11 +596,20 @@ class Ingress:
     # gRPC: inference.v1.Inference (proto/inference.proto). Ray Serve routes each RPC to the method of the
     # same name; errors become INVALID_ARGUMENT / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED, never INTERNAL.
 
-    async def _grpc(self, context, empty, work, model: str, method: str):
+    async def _grpc(self, context, empty, work, model: str | None = None, method: str | None = None):
+        """Run one unary RPC: refusals become their status codes (never INTERNAL); a call naming a known model is
+        counted in the metrics (in flight, duration, code)."""
         started, code = time.monotonic(), grpc.StatusCode.OK
-        metrics().add_gauge("inference_requests_in_flight", 1, model=model)
+        tracked = model in oip.MODELS and method is not None
+        if tracked:
+            metrics().add_gauge("inference_requests_in_flight", 1, model=model)
         try:
             return await work()
+        except oip.ProtocolError as e:
+            code = grpc.StatusCode.NOT_FOUND if e.status == 404 else GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_code(code)
+            context.set_details(str(e))
+            return empty
         except ApiError as e:
             code = GRPC_CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT)
             context.set_code(code)
@@ -635,18 +619,15 @@ class Ingress:
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
-            metrics().add_gauge("inference_requests_in_flight", -1, model=model)
-            record(model, "grpc", method, code.name, code == grpc.StatusCode.OK, time.monotonic() - started)
+            if tracked:
+                metrics().add_gauge("inference_requests_in_flight", -1, model=model)
+                record(model, "grpc", method, code.name, code == grpc.StatusCode.OK, time.monotonic() - started)
 
     async def Translate(self, request, grpc_context):
         from proto import inference_pb2 as pb
 
         async def work():
-            texts = list(request.texts)
-            if not texts:
-                raise ApiError(422, "invalid_field", "texts: must not be empty")
-            if len(texts) > MAX_ITEMS:
-                raise ApiError(413, "too_many_items", f"texts: {len(texts)} items; the limit is {MAX_ITEMS}")
+            texts = counted(list(request.texts), "texts")
             beam = request.beam_size if request.HasField("beam_size") else 1
             max_new = request.max_new_tokens if request.HasField("max_new_tokens") else 128
             result = await self._translate(texts, beam, max_new, None, request.return_attention)
@@ -696,11 +677,7 @@ class Ingress:
         from proto import inference_pb2 as pb
 
         async def work():
-            images = list(request.images)
-            if not images:
-                raise ApiError(422, "invalid_field", "images: must not be empty")
-            if len(images) > MAX_ITEMS:
-                raise ApiError(413, "too_many_items", f"images: {len(images)} items; the limit is {MAX_ITEMS}")
+            images = counted(list(request.images), "images")
             top_k = request.top_k if request.HasField("top_k") else 5
             preds = await self._classify(images, top_k, None)
             return pb.ClassifyResponse(
