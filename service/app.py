@@ -30,10 +30,11 @@ def main() -> int:
     grpc_port = int(os.environ.get("SERVE_GRPC_PORT", "9000"))
     metrics_port = int(os.environ.get("METRICS_PORT", "8080"))
 
+    from service import config as serve_config
+
+    serve_config.apply_serve_environment()  # before Ray starts: it reads them then
     import ray
     from ray import serve
-
-    from service import config as serve_config
 
     try:
         config = serve_config.load()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -18,6 +20,46 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "deploy" / "serve_config.yaml"
 APP_NAME = "inference"
+
+# Serve's fastest ingress here, measured against the default by tests/benchmarks/frontend_bench.py (BENCHMARKS.md):
+# HAProxy in front of the ingress replicas instead of Serve's Python proxy, and Serve's throughput preset (user
+# code on the replica's event loop, buffered request logs, gRPC between deployments). Read by Ray when it starts,
+# so they are environment variables: `make run` and the container image set them; a value already set wins
+# (RAY_SERVE_ENABLE_HA_PROXY=0 brings Serve's own proxy back).
+SERVE_ENVIRONMENT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# HAProxy's files and side ports default to fixed places (/tmp/haproxy-serve, ports 8404 and 9101): two instances
+# on one machine would fight over them, so every instance gets its own.
+HAPROXY_INSTANCE_VARIABLES = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+                              "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE",
+                              "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", "RAY_SERVE_HAPROXY_STATS_PORT",
+                              "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_environment(instance: str) -> dict[str, str]:
+    """What to put in the environment before ``ray.init``: SERVE_ENVIRONMENT and HAProxy's per-instance places."""
+    base = Path(tempfile.gettempdir()) / f"haproxy-serve-{instance}"
+    return dict(SERVE_ENVIRONMENT) | {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+
+
+def apply_serve_environment(instance: str | None = None) -> dict[str, str]:
+    """Set ``serve_environment`` in ``os.environ`` (what is already set wins); returns what is in effect."""
+    for key, value in serve_environment(instance or str(os.getpid())).items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in (*SERVE_ENVIRONMENT, *HAPROXY_INSTANCE_VARIABLES)}
 
 
 def default_repository() -> str:

@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from service import config as serve_config
+
+# Before anything imports Ray: the service runs as `make run` runs it (HAProxy ingress, Serve's throughput preset),
+# with HAProxy's files and side ports private to this test session.
+serve_config.apply_serve_environment()
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import socket
 import time
 import typing
@@ -28,10 +29,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_HANDLE_LOOP = None
+
+
+def _handle_loop():
+    """One event loop for the test process's deployment handles, alive for the session: under Serve's throughput
+    preset (the service's default) a handle routes on the loop it is first used from, and a blocking ``.result()``
+    outside a loop is refused."""
+    global _HANDLE_LOOP
+    if _HANDLE_LOOP is None:
+        import asyncio
+        import threading
+
+        _HANDLE_LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_HANDLE_LOOP.run_forever, name="serve-handles", daemon=True).start()
+    return _HANDLE_LOOP
+
+
 def stats(name: str) -> dict:
+    """A deployment's ``stats()``."""
+    import asyncio
+
     from ray import serve
 
-    return serve.get_deployment_handle(name, app_name=serve_config.APP_NAME).stats.remote().result(timeout_s=30)
+    async def ask() -> dict:
+        return await asyncio.wait_for(serve.get_deployment_handle(name, app_name=serve_config.APP_NAME).stats.remote(), 30)
+
+    return asyncio.run_coroutine_threadsafe(ask(), _handle_loop()).result(40)
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -71,3 +95,11 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if (line.startswith(name + "{") or line.startswith(name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items())]
     return sum(values) if values else None
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a service started as a subprocess: this one's, less HAProxy's per-instance places (the
+    child picks its own; sharing the session's would make two HAProxy instances fight over one socket)."""
+    from service.config import HAPROXY_INSTANCE_VARIABLES
+
+    return {k: v for k, v in os.environ.items() if k not in HAPROXY_INSTANCE_VARIABLES} | extra

@@ -1,6 +1,5 @@
 """`make run`'s entry point: starts, serves, and stops cleanly on Ctrl-C."""
 
-import os
 import signal
 import socket
 import subprocess
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from tests.servicekit import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +27,7 @@ def free_ports(n: int) -> list[int]:
 
 def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
     port, grpc_port, metrics_port = free_ports(3)
-    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port),
-           "MODEL_REPOSITORY": str(repo)}
+    env = child_env(SERVE_HTTP_PORT=str(port), SERVE_GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port), MODEL_REPOSITORY=str(repo))
     proc = subprocess.Popen([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -58,7 +58,7 @@ def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):
-    env = {**os.environ, "MODEL_REPOSITORY": str(tmp_path / "nowhere")}
+    env = child_env(MODEL_REPOSITORY=str(tmp_path / "nowhere"))
     proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "python -m export" in proc.stderr
 
@@ -67,7 +67,7 @@ def test_broken_serve_config_is_a_clear_error(repo, tmp_path):
     bad = tmp_path / "serve_config.yaml"
     bad.write_text("applications:\n  - name: inference\n    import_path: service.ingress:build_app\n    deployments:\n"
                    "      - name: Classifier\n        max_ongoing_requests: -3\n")
-    env = {**os.environ, "MODEL_REPOSITORY": str(repo), "SERVE_CONFIG": str(bad)}
+    env = child_env(MODEL_REPOSITORY=str(repo), SERVE_CONFIG=str(bad))
     proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "serve config" in proc.stderr and "max_ongoing_requests" in proc.stderr, proc.stderr
 
@@ -77,8 +77,7 @@ def test_make_observe_runs_prometheus_beside_the_service_and_stops_both(repo):
 
     prometheus_tool("prometheus")
     port, grpc_port, metrics_port, prom_port = free_ports(4)
-    env = {**os.environ, "SERVE_HTTP_PORT": str(port), "SERVE_GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port),
-           "PROMETHEUS_PORT": str(prom_port), "MODEL_REPOSITORY": str(repo)}
+    env = child_env(SERVE_HTTP_PORT=str(port), SERVE_GRPC_PORT=str(grpc_port), METRICS_PORT=str(metrics_port), PROMETHEUS_PORT=str(prom_port), MODEL_REPOSITORY=str(repo))
     proc = subprocess.Popen([sys.executable, "-m", "service.observe"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []

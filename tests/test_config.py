@@ -13,6 +13,7 @@ import requests
 import yaml
 
 from service import config as serve_config
+from tests.servicekit import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def test_ray_serve_run_deploys_the_file(repo, tmp_path):
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     serve = Path(sys.executable).parent / "serve"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = child_env(RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -111,6 +111,20 @@ def test_rayservice_fields():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
 
+def test_every_ray_container_and_the_image_run_serve_as_make_run_does():
+    """The Serve settings `make run` applies (service.config.SERVE_ENVIRONMENT) are in each Ray container and the image."""
+    spec = rayservice()["spec"]["rayClusterConfig"]
+    templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            for key, value in serve_config.SERVE_ENVIRONMENT.items():
+                assert env.get(key) == value, (container["name"], key)
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for key, value in serve_config.SERVE_ENVIRONMENT.items():
+        assert f"{key}={value}" in dockerfile, key
+
+
 def test_serve_config_v2_is_the_serve_config_and_valid_for_serve():
     embedded = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     assert embedded == serve_config.load(), "copy deploy/serve_config.yaml into serveConfigV2 (deploy/rayservice.yaml)"
