@@ -40,6 +40,14 @@ class EngineOptions:
     max_batch: int = 32  # sequences decoded together in one step
     max_queue: int = 256  # waiting sequences beyond this are refused (QueueFull); keep ≥ 64, a request's most
     idle_wait_s: float = 0.05  # how long the loop sleeps when there is nothing to do
+    # "iteration": admit waiting sequences at every step (the point of this engine). "static": admit only when the
+    # batch has emptied, so a batch runs to its longest member before the next starts (request-level batching, what
+    # @serve.batch gives); kept to measure against (tests/benchmarks/batching_bench.py), not for production.
+    scheduling: str = "iteration"
+
+    def __post_init__(self) -> None:
+        if self.scheduling not in ("iteration", "static"):
+            raise ValueError(f"scheduling must be 'iteration' or 'static', got {self.scheduling!r}")
 
 
 class QueueFull(RuntimeError):
@@ -175,6 +183,8 @@ class DecodeEngine:
             self._select_rows(np.array(keep, dtype=np.int64))
         with self.lock:
             room = self.options.max_batch - len(self.active)
+            if self.options.scheduling == "static" and self.active:
+                room = 0
             admitted = []
             while self.waiting and room > 0:
                 seq = self.waiting.popleft()

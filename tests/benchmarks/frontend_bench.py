@@ -1,0 +1,261 @@
+"""Serving front-end: this service (Ray Serve, several ingress settings) vs Triton (PyTriton), same load, same machine.
+
+    python tests/benchmarks/frontend_bench.py            # → tests/benchmarks/results/frontend_bench.{md,png,json}
+    python tests/benchmarks/frontend_bench.py --quick    # shorter cells
+
+Servers, started one after another (never two at once: they would share the CPUs):
+
+* ``triton``: Triton Inference Server 2.x through PyTriton 0.7.0 (``triton_server.py``), in its own virtual
+  environment ``.bench/pytriton`` (PyTriton pins numpy<2), created on first use;
+* ``serve``: this service exactly as ``make run`` starts it (``python -m service.app``, ``deploy/serve_config.yaml``)
+  plus the no-op application ``service/echo.py``;
+* ``serve-haproxy``: the same with Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy in front,
+  requests go straight to the ingress replicas instead of through Serve's Python proxy);
+* ``serve-haproxy-throughput``: HAProxy plus ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Serve's throughput preset).
+
+Models: ``echo`` (no-op: the input tensor back) and ``classifier`` (the shipped ViT on ONNX Runtime, dynamic batching
+up to 64 within 5 ms on both servers). Each over HTTP and gRPC, with the same Open Inference Protocol request from
+the same load generator (``loadgen.py``): closed loop at ``--concurrency`` and Poisson open loop at ``--rate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+
+VARIANTS = {
+    "triton": None,
+    "serve": {},
+    "serve-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "serve-haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+MODELS = ("echo", "classifier")
+TRANSPORTS = ("http", "grpc")
+PYTRITON_ENV = ROOT / ".bench" / "pytriton"
+PYTRITON_PINS = ["nvidia-pytriton==0.7.0", "requests"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def setup_triton_env() -> Path:
+    """``.bench/pytriton``: PyTriton and this environment's onnxruntime version, in a virtual environment of their own."""
+    python = PYTRITON_ENV / "bin" / "python"
+    if python.exists():
+        return python
+    import onnxruntime
+
+    print(f"creating {PYTRITON_ENV} (PyTriton pins numpy<2, so it gets its own environment; ~1 min)…", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PYTRITON_ENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PYTRITON_PINS, f"onnxruntime=={onnxruntime.__version__}"], check=True)
+    return python
+
+
+class Process:
+    """A server in a subprocess: started, waited for until ``ready`` says so, stopped with SIGINT."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, ready, log: Path) -> None:
+        self.name, self.log = name, log
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}; log: {log}\n{log.read_text()[-3000:]}")
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} not ready after 300 s; log: {log}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def answers(url: str, model: str) -> bool:
+    try:
+        return requests.post(f"{url}/v2/models/{model}/infer", json=loadgen.payload(model), timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def start_triton(repository: Path, workdir: Path) -> tuple[Process, dict]:
+    python = setup_triton_env()
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = dict(os.environ)
+    # Triton's Python backend stub links against the interpreter's shared libpython
+    env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
+    url = f"http://127.0.0.1:{http}"
+    proc = Process("triton", [str(python), str(Path(__file__).parent / "triton_server.py"), "--repository", str(repository),
+                              "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                   env, lambda: all(answers(url, m) for m in MODELS), workdir / "triton.log")
+    endpoints = {m: {"http": url, "grpc": f"127.0.0.1:{grpc}", "application": None} for m in MODELS}
+    return proc, endpoints
+
+
+def start_serve(name: str, extra_env: dict, repository: Path, workdir: Path) -> tuple[Process, dict]:
+    from service import config as serve_config
+
+    config = serve_config.load(serve_config.DEFAULT_CONFIG)
+    config["applications"].append({"name": "echo", "route_prefix": "/echo", "import_path": "service.echo:build_app", "args": {}})
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    http, grpc = free_port(), free_port()
+    env = dict(os.environ) | extra_env | {"SERVE_CONFIG": str(path), "MODEL_REPOSITORY": str(repository),
+                                         "SERVE_HTTP_PORT": str(http), "SERVE_GRPC_PORT": str(grpc), "METRICS_PORT": str(free_port())}
+    url = f"http://127.0.0.1:{http}"
+    proc = Process(name, [sys.executable, "-m", "service.app"], env,
+                   lambda: answers(url + "/echo", "echo") and answers(url, "classifier"), workdir / f"{name}.log")
+    endpoints = {"echo": {"http": url + "/echo", "grpc": f"127.0.0.1:{grpc}", "application": "echo"},
+                 "classifier": {"http": url, "grpc": f"127.0.0.1:{grpc}", "application": serve_config.APP_NAME}}
+    return proc, endpoints
+
+
+def bench_server(name: str, endpoints: dict, args) -> list[dict]:
+    rows = []
+    for model in MODELS:
+        for transport in TRANSPORTS:
+            e = endpoints[model]
+            target = e["http"] if transport == "http" else e["grpc"]
+            for load in ({"concurrency": args.concurrency}, {"rate": args.rate}):
+                row = loadgen.measure(transport, target, model, seconds=args.seconds, warmup_s=args.warmup,
+                                      application=e["application"], **load)
+                row["server"] = name
+                rows.append(row)
+                print(f"  {name:26s} {model:10s} {transport:4s} {row['mode']:6s} {row['load']:>6g}: {row['rps']:7.0f} req/s  "
+                      f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}", flush=True)
+    return rows
+
+
+def write_report(rows: list[dict], args, seconds: float) -> None:
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontend_bench.json").write_text(json.dumps(rows, indent=2))
+    import onnxruntime
+    import ray
+
+    triton = {(r["model"], r["transport"], r["mode"]): r for r in rows if r["server"] == "triton"}
+    lines = [
+        "# Serving front-end: this service vs Triton (PyTriton)", "",
+        f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, no GPU; servers and load generator on the same machine",
+        f"- versions: Ray {ray.__version__}, onnxruntime {onnxruntime.__version__}, PyTriton 0.7.0 (its bundled Triton), Python {platform.python_version()}",
+        f"- command: `python tests/benchmarks/frontend_bench.py{' --quick' if args.quick else ''}` ({seconds:.0f} s), {dt.date.today()}",
+        f"- load: `loadgen.py`, one asyncio process; closed loop at concurrency {args.concurrency}; open loop Poisson at {args.rate:g} req/s; "
+        f"{args.seconds:g} s measured after {args.warmup:g} s warm-up per cell; same OIP request to every server",
+        "- ratios are against Triton in the same run: throughput ours/Triton (higher is better), latency ours/Triton (lower is better)", "",
+        "| model | transport | server | closed req/s | × Triton | closed p50 ms | closed p99 ms | open p50 ms | open p99 ms | open p99 × Triton | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        for transport in TRANSPORTS:
+            for server in args.variants:
+                closed = next((r for r in rows if (r["server"], r["model"], r["transport"], r["mode"]) == (server, model, transport, "closed")), None)
+                opened = next((r for r in rows if (r["server"], r["model"], r["transport"], r["mode"]) == (server, model, transport, "open")), None)
+                if closed is None or opened is None:
+                    continue
+                t_closed, t_open = triton.get((model, transport, "closed")), triton.get((model, transport, "open"))
+                ratio = f"{closed['rps'] / t_closed['rps']:.2f}×" if t_closed else "–"
+                lat_ratio = f"{opened['p99_ms'] / t_open['p99_ms']:.2f}×" if t_open else "–"
+                lines.append(f"| {model} | {transport} | {server} | {closed['rps']:.0f} | {ratio} | {closed['p50_ms']:.1f} | "
+                             f"{closed['p99_ms']:.1f} | {opened['p50_ms']:.1f} | {opened['p99_ms']:.1f} | {lat_ratio} | "
+                             f"{closed['errors'] + opened['errors']} |")
+    (out / "frontend_bench.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = [(m, t) for m in MODELS for t in TRANSPORTS]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(args.variants)
+    for k, server in enumerate(args.variants):
+        for ax, mode, key in ((axes[0], "closed", "rps"), (axes[1], "open", "p99_ms")):
+            values = [next((r[key] for r in rows if (r["server"], r["model"], r["transport"], r["mode"]) == (server, m, t, mode)), np.nan)
+                      for m, t in groups]
+            ax.bar(np.arange(len(groups)) + k * width, values, width, label=server)
+    for ax, title in ((axes[0], f"closed loop, concurrency {args.concurrency}: requests/s (higher is better)"),
+                      (axes[1], f"open loop, Poisson {args.rate:g} req/s: p99 latency ms (lower is better)")):
+        ax.set_xticks(np.arange(len(groups)) + width * (len(args.variants) - 1) / 2, [f"{m}\n{t}" for m, t in groups])
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "frontend_bench.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s cells, 1 s warm-up")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default 16)")
+    parser.add_argument("--rate", type=float, default=150.0, help="open-loop Poisson rate, requests/s (default 150)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell (default 6)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell (default 2)")
+    parser.add_argument("--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup = 3.0, 1.0
+    args.repository = args.repository.resolve()
+    if not (args.repository / "classifier" / "1" / "model.onnx").exists():
+        print(f"error: no classifier in {args.repository}; run `python -m export --out {args.repository}` (or `make export`)", file=sys.stderr)
+        return 2
+    started, rows = time.time(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for name in args.variants:
+            print(f"starting {name}…", flush=True)
+            try:
+                proc, endpoints = (start_triton(args.repository, workdir) if VARIANTS[name] is None
+                                   else start_serve(name, VARIANTS[name], args.repository, workdir))
+            except RuntimeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            try:
+                rows += bench_server(name, endpoints, args)
+            finally:
+                proc.stop()
+    write_report(rows, args, time.time() - started)
+    print(f"wrote {args.out / 'frontend_bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
