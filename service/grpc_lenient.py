@@ -1,0 +1,86 @@
+"""gRPC servicer registration that lets a malformed request message reach the servicer instead of failing in gRPC.
+
+With the generated ``add_*_to_server`` functions, bytes that do not parse as the request message (truncated,
+invalid UTF-8 in a string field, garbage) fail inside gRPC's deserializer, before any of the service's code runs, and
+the client sees ``UNKNOWN`` or ``INTERNAL``: a server fault, for something the client sent. Registered through
+these wrappers (``grpc_servicer_functions`` in ``deploy/serve_config.yaml``), such a message arrives as an
+``Undecodable`` and the ingress answers ``INVALID_ARGUMENT`` with the parser's reason.
+"""
+
+from __future__ import annotations
+
+
+class Undecodable:
+    """Stands in for a request message that could not be parsed."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.error!r})"
+
+
+def _lenient(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as e:  # protobuf's DecodeError, or anything else a parser raises on bad bytes
+            return Undecodable(f"{type(e).__name__}: {e}")
+
+    return deserialize
+
+
+class _LenientServer:
+    """Forwards registrations to ``server`` with every handler's request deserializer made lenient."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    @staticmethod
+    def _wrap(handlers: dict) -> dict:
+        return {name: h._replace(request_deserializer=_lenient(h.request_deserializer)) if h.request_deserializer else h
+                for name, h in handlers.items()}
+
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        import grpc
+
+        wrapped = []
+        for generic in generic_handlers:
+            # generated code builds these with grpc.method_handlers_generic_handler(service, handlers)
+            service, handlers = generic.service_name(), getattr(generic, "_method_handlers", None)
+            if handlers is None:
+                wrapped.append(generic)
+                continue
+            methods = {full.rsplit("/", 1)[-1]: h for full, h in handlers.items()}
+            wrapped.append(grpc.method_handlers_generic_handler(service, self._wrap(methods)))
+        self.server.add_generic_rpc_handlers(tuple(wrapped))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
+        if hasattr(self.server, "add_registered_method_handlers"):
+            self.server.add_registered_method_handlers(service_name, self._wrap(method_handlers))
+
+    def __getattr__(self, name):
+        return getattr(self.server, name)
+
+
+# The generated modules are imported when a server is built, not with this module: the ingress imports
+# ``Undecodable`` from here, and loading proto/open_inference_pb2 into a process that also uses tritonclient (same
+# protobuf package) would clash.
+
+
+def add_InferenceServicer_to_server(servicer, server) -> None:  # noqa: N802 (gRPC's naming)
+    from proto import inference_pb2_grpc
+
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, _LenientServer(server))
+
+
+def add_GRPCInferenceServiceServicer_to_server(servicer, server) -> None:  # noqa: N802
+    from proto import open_inference_pb2_grpc
+
+    open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, _LenientServer(server))
+
+
+def add_HealthServicer_to_server(servicer, server) -> None:  # noqa: N802
+    from grpc_health.v1 import health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, _LenientServer(server))
