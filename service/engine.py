@@ -171,19 +171,17 @@ class DecodeEngine:
 
     def _schedule(self) -> None:
         now = time.monotonic()
-        keep = []
+        dead = []  # rows whose sequence is done: their slots are refilled in place, or compacted away
         for i, seq in enumerate(self.active):
             if seq.cancelled:
                 self._finish(seq, "cancelled")
             elif seq.deadline is not None and now > seq.deadline:
                 self._finish(seq, "deadline")
-            elif seq.finish_reason is None:
-                keep.append(i)
-        if len(keep) != len(self.active):
-            self._select_rows(np.array(keep, dtype=np.int64))
+            if seq.finish_reason is not None:
+                dead.append(i)
         with self.lock:
-            room = self.options.max_batch - len(self.active)
-            if self.options.scheduling == "static" and self.active:
+            room = self.options.max_batch - (len(self.active) - len(dead))
+            if self.options.scheduling == "static" and len(self.active) > len(dead):
                 room = 0
             admitted = []
             while self.waiting and room > 0:
@@ -193,8 +191,17 @@ class DecodeEngine:
                     continue
                 admitted.append(seq)
                 room -= 1
+        # Newcomers take the slots of finished rows in place (no copy of the batch's caches); rows appended only
+        # past those. Under load the batch is never re-packed: measured at 80 req/s, re-packing on every retirement
+        # and admission took half the loop's time (BENCHMARKS.md, batching).
+        reused, leftover = dead[: len(admitted)], dead[len(admitted) :]
         if admitted:
-            self._admit(admitted)
+            self._admit(admitted, reused)
+        if leftover:  # nothing waiting to take these slots: compact the batch
+            gone = set(leftover)
+            self._select_rows(np.array([i for i in range(len(self.active)) if i not in gone], dtype=np.int64))
+        elif reused:
+            self._trim_columns()
 
     def _select_rows(self, rows: np.ndarray) -> None:
         self.active = [self.active[i] for i in rows]
@@ -206,17 +213,22 @@ class DecodeEngine:
         self.cross = [a[rows] for a in self.cross]
         self.cross_mask = self.cross_mask[rows]
         self.last = self.last[rows]
-        used = np.flatnonzero(self.valid.any(axis=0))  # trim cache columns no live row needs
-        first = int(used[0]) if len(used) else self.valid.shape[1]
-        if first:
-            self.past = [a[:, :, first:] for a in self.past]
-            self.valid = self.valid[:, first:]
+        self._trim_columns()
         s = int(np.flatnonzero(self.cross_mask.any(axis=0)).max()) + 1  # trim source padding
         self.cross = [a[:, :, :s] for a in self.cross]
         self.cross_mask = self.cross_mask[:, :s]
 
-    def _admit(self, seqs: list[Sequence]) -> None:
-        """Encode the newcomers together (cross K/V computed once, here) and append them as new rows."""
+    def _trim_columns(self) -> None:
+        """Drop leading cache columns no live row uses any more (views, no copy)."""
+        used = np.flatnonzero(self.valid.any(axis=0))
+        first = int(used[0]) if len(used) else self.valid.shape[1]
+        if first:
+            self.past = [a[:, :, first:] for a in self.past]
+            self.valid = self.valid[:, first:]
+
+    def _admit(self, seqs: list[Sequence], slots: list[int] = ()) -> None:
+        """Encode the newcomers together (cross K/V computed once, here); they take the rows ``slots`` (of finished
+        sequences) in place, and the rest are appended as new rows."""
         started = time.monotonic()
         for seq in seqs:
             self.metrics.observe("inference_queue_duration_seconds", started - seq.submitted_at, model=self.model)
@@ -228,15 +240,37 @@ class DecodeEngine:
             cross, mask = self.rt.encode(src, src != self.pad)
         else:
             cross, mask = self.rt.encode(np.stack([s.source for s in seqs]).astype(np.float32), None)
-        b_new = len(seqs)
         self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="encoder")
-        self.metrics.observe("inference_batch_size", b_new, model=self.model, stage="encoder")
+        self.metrics.observe("inference_batch_size", len(seqs), model=self.model, stage="encoder")
         heads, head_dim = cross[0].shape[1], cross[0].shape[3]
         if not self.active:
             self.past = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
             self.valid = np.zeros((0, 0), dtype=bool)
             self.cross = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
             self.cross_mask = np.zeros((0, 0), dtype=bool)
+        if slots:
+            k, rows = len(slots), np.asarray(slots, dtype=np.int64)
+            s_new = mask.shape[1]
+            if s_new > self.cross_mask.shape[1]:  # a longer source than any in the batch: widen (a copy, rare)
+                grow = s_new - self.cross_mask.shape[1]
+                self.cross = [np.pad(a, ((0, 0), (0, 0), (0, grow), (0, 0))) for a in self.cross]
+                self.cross_mask = np.pad(self.cross_mask, ((0, 0), (0, grow)))
+            for a in self.past:
+                a[rows] = 0
+            self.valid[rows] = False
+            for a, new in zip(self.cross, cross):
+                a[rows] = 0
+                a[rows, :, :s_new] = new[:k]
+            self.cross_mask[rows] = False
+            self.cross_mask[rows, :s_new] = mask[:k]
+            self.last[rows] = self.bos
+            for slot, seq in zip(slots, seqs[:k]):
+                self.active[slot] = seq
+                seq.admitted_at_step = self.steps
+            seqs, cross, mask = seqs[k:], [c[k:] for c in cross], mask[k:]
+            if not seqs:
+                return
+        b_new = len(seqs)
         p = self.valid.shape[1]
         s_old, s_new = self.cross_mask.shape[1], mask.shape[1]
         s = max(s_old, s_new)
