@@ -61,6 +61,12 @@ class RuntimeOptions:
     cuda_device_id: int = 0
 
 
+def bench_providers() -> tuple[str, ...]:
+    """Providers for the benchmark scripts: ``$ORT_PROVIDERS`` where set (``CUDAExecutionProvider`` on a GPU machine),
+    else CPU only, so that a CPU table never silently mixes in a GPU."""
+    return tuple(select_providers(os.environ.get("ORT_PROVIDERS", CPU)))
+
+
 def create_session(path: str | Path | bytes, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
     """A session on the selected providers; ``path`` may also be a serialized model."""
     so = ort.SessionOptions()

@@ -41,6 +41,7 @@ from models.data import text as text_data  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
 from service.decoding import DecodingOptions  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions  # noqa: E402
+from service.runtime import bench_providers  # noqa: E402
 
 BASE = TranslatorConfig(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, max_len=256)
 BATCHES = (1, 8, 32)
@@ -120,7 +121,7 @@ def convert(model: Translator, vocabulary: list[str], out: Path) -> Path:
 
 class Ours:
     def __init__(self, directory: Path, threads: int) -> None:
-        self.rt = EncoderDecoderRuntime(directory, RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads))
+        self.rt = EncoderDecoderRuntime(directory, RuntimeOptions(providers=bench_providers(), intra_op_threads=threads))
 
     def run(self, sources: list[list[int]], beam: int, max_new: int) -> list[list[int]]:
         src = np.full((len(sources), max(map(len, sources))), PAD, dtype=np.int64)

@@ -44,6 +44,7 @@ from models.layers import set_fused  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
 from service.decoding import DecodingOptions, TorchInference  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session, kv_names  # noqa: E402
+from service.runtime import bench_providers  # noqa: E402
 
 BASE = TranslatorConfig(vocab_size=32000, d_model=512, n_heads=8, d_ff=2048, encoder_layers=6, decoder_layers=6, max_len=256)
 LENGTHS = (16, 32, 64, 128)
@@ -92,7 +93,7 @@ def bench_cache(model: Translator, name: str, workdir: Path, repeats: int, threa
     export_encoder_decoder(model, workdir, text_source=True)
     (workdir / "config.json").write_text(json.dumps(runtime_config(model)))
     export_full_prefix(model, workdir / "decoder_full.onnx")
-    opts = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads)
+    opts = RuntimeOptions(providers=bench_providers(), intra_op_threads=threads)
     rt = EncoderDecoderRuntime(workdir, opts)
     full = create_session(workdir / "decoder_full.onnx", opts)
     src = np.random.default_rng(1).integers(4, model.config.vocab_size, size=(1, 12))
@@ -137,7 +138,7 @@ def bench_cache(model: Translator, name: str, workdir: Path, repeats: int, threa
 
 def bench_models(workdir: Path, repeats: int, threads: int) -> list[dict]:
     """ORT engine vs PyTorch eager on the trained models, greedy on real test inputs."""
-    opts = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads)
+    opts = RuntimeOptions(providers=bench_providers(), intra_op_threads=threads)
     rows = []
     # classifier
     model, _ = checkpoint.load("classifier")
@@ -187,7 +188,7 @@ def bench_models(workdir: Path, repeats: int, threads: int) -> list[dict]:
 
 def bench_fusion(workdir: Path, repeats: int, threads: int) -> list[dict]:
     """The same weights exported with the fused Attention node and with explicit MatMul/Softmax."""
-    opts = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads)
+    opts = RuntimeOptions(providers=bench_providers(), intra_op_threads=threads)
     rows = []
     torch.manual_seed(0)
     base = Translator(BASE).eval()

@@ -37,6 +37,7 @@ from models.data import text as text_data  # noqa: E402
 from models.vit import ViT, ViTConfig  # noqa: E402
 from service.decoding import DecodingOptions  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session  # noqa: E402
+from service.runtime import bench_providers  # noqa: E402
 
 VIT_B16 = ViTConfig(image_size=224, patch_size=16, channels=1, d_model=768, n_heads=12, d_ff=3072, layers=12,
                     num_classes=1000, dropout=0.0)
@@ -57,7 +58,7 @@ def bench_vit(workdir: Path, threads: int, repeats: int) -> list[dict]:
     torch.manual_seed(0)
     model = ViT(VIT_B16).eval()
     export_classifier(model, workdir)
-    session = create_session(workdir / "model.onnx", RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads))
+    session = create_session(workdir / "model.onnx", RuntimeOptions(providers=bench_providers(), intra_op_threads=threads))
     rows = []
     for batch in BATCHES:
         x = np.random.default_rng(batch).random((batch, 1, 224, 224), dtype=np.float32)
@@ -79,7 +80,7 @@ def bench_translator(workdir: Path, threads: int, repeats: int) -> list[dict]:
     model.eval()
     export_encoder_decoder(model, workdir, text_source=True)
     (workdir / "config.json").write_text(json.dumps(runtime_config(model)))
-    rt = EncoderDecoderRuntime(workdir, RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads))
+    rt = EncoderDecoderRuntime(workdir, RuntimeOptions(providers=bench_providers(), intra_op_threads=threads))
     texts = [s for s, _ in text_data.build_corpus()["test"][:32]]
     ids = [tok.encode(t) + [tok.eos_id] for t in texts]
     src = np.zeros((32, max(map(len, ids))), dtype=np.int64)

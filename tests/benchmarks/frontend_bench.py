@@ -7,11 +7,12 @@ Servers, started one after another (never two at once: they would share the CPUs
 
 * ``triton``: Triton Inference Server 2.x through PyTriton 0.7.0 (``triton_server.py``), in its own virtual
   environment ``.bench/pytriton`` (PyTriton pins numpy<2), created on first use;
-* ``serve``: this service exactly as ``make run`` starts it (``python -m service.app``, ``deploy/serve_config.yaml``)
-  plus the no-op application ``service/echo.py``;
-* ``serve-haproxy``: the same with Ray Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy in front,
+* ``serve``: this service as ``make run`` starts it (``python -m service.app``, ``deploy/serve_config.yaml``, plus the
+  no-op application ``service/echo.py``) with Ray Serve's own defaults: its Python proxy in front;
+* ``serve-haproxy``: the same with Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy in front,
   requests go straight to the ingress replicas instead of through Serve's Python proxy);
-* ``serve-haproxy-throughput``: HAProxy plus ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Serve's throughput preset).
+* ``serve-haproxy-throughput``: HAProxy plus ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Serve's throughput preset): what
+  ``make run`` uses by default since this benchmark (``service.config.SERVE_ENVIRONMENT``).
 
 Models: ``echo`` (no-op: the input tensor back) and ``classifier`` (the shipped ViT on ONNX Runtime, dynamic batching
 up to 64 within 5 ms on both servers). Each over HTTP and gRPC, with the same Open Inference Protocol request from
@@ -45,8 +46,8 @@ import loadgen  # noqa: E402
 
 VARIANTS = {
     "triton": None,
-    "serve": {},
-    "serve-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "serve": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    "serve-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
     "serve-haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
 MODELS = ("echo", "classifier")
@@ -106,6 +107,39 @@ class Process:
                 self.proc.wait()
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) of every process on the machine, by name: Ray's ``ray::…`` titles, else the command."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry) == os.getpid():
+            name = "load generator"
+        elif cmdline.startswith("ray::"):
+            name = cmdline.split()[0].split(".")[0]  # Ray retitles busy actors: ray::ServeController.listen_for_change
+        elif not cmdline:
+            name = "kernel threads"
+        else:
+            name = Path(cmdline.split()[0]).name
+            name = stat[stat.index("(") + 1 : stat.rindex(")")] if name.startswith("python") else name
+        out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def cpu_per_request(before: dict, after: dict, requests_done: int) -> dict[str, float]:
+    """CPU milliseconds per request of each process that used at least 2 % of the total."""
+    used = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0}
+    total = sum(used.values()) or 1.0
+    return {k: v * 1e3 / max(1, requests_done) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v / total >= 0.02}
+
+
 def answers(url: str, model: str) -> bool:
     try:
         return requests.post(f"{url}/v2/models/{model}/infer", json=loadgen.payload(model), timeout=5).status_code == 200
@@ -152,8 +186,11 @@ def bench_server(name: str, endpoints: dict, args) -> list[dict]:
             e = endpoints[model]
             target = e["http"] if transport == "http" else e["grpc"]
             for load in ({"concurrency": args.concurrency}, {"rate": args.rate}):
+                before = cpu_seconds()
                 row = loadgen.measure(transport, target, model, seconds=args.seconds, warmup_s=args.warmup,
                                       application=e["application"], **load)
+                if "concurrency" in load:  # where the CPU went, per answered request (warm-up included in both)
+                    row["cpu_ms_per_request"] = cpu_per_request(before, cpu_seconds(), row["ok"] * (1 + args.warmup / args.seconds))
                 row["server"] = name
                 rows.append(row)
                 print(f"  {name:26s} {model:10s} {transport:4s} {row['mode']:6s} {row['load']:>6g}: {row['rps']:7.0f} req/s  "
@@ -164,7 +201,9 @@ def bench_server(name: str, endpoints: dict, args) -> list[dict]:
 def write_report(rows: list[dict], args, seconds: float) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frontend_bench.json").write_text(json.dumps(rows, indent=2))
+    run = {"seconds": seconds, "concurrency": args.concurrency, "rate": args.rate, "cell_seconds": args.seconds,
+           "warmup": args.warmup, "quick": args.quick, "rows": rows}
+    (out / "frontend_bench.json").write_text(json.dumps(run, indent=2))
     import onnxruntime
     import ray
 
@@ -193,6 +232,15 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
                 lines.append(f"| {model} | {transport} | {server} | {closed['rps']:.0f} | {ratio} | {closed['p50_ms']:.1f} | "
                              f"{closed['p99_ms']:.1f} | {opened['p50_ms']:.1f} | {opened['p99_ms']:.1f} | {lat_ratio} | "
                              f"{closed['errors'] + opened['errors']} |")
+    lines += ["", "## Where the CPU goes (closed loop; CPU ms per request by process, processes above 2 % of the total)", ""]
+    for r in rows:
+        if r.get("cpu_ms_per_request"):
+            merged: dict[str, float] = {}
+            for k, v in r["cpu_ms_per_request"].items():
+                key = k.split(".")[0] if k.startswith("ray::") else k
+                merged[key] = merged.get(key, 0.0) + v
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(merged.items(), key=lambda kv: -kv[1]))
+            lines.append(f"- {r['model']} {r['transport']} {r['server']}: total {sum(r['cpu_ms_per_request'].values()):.2f} ms — {parts}")
     (out / "frontend_bench.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -230,9 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per cell (default 2)")
     parser.add_argument("--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "benchmarks" / "results")
+    parser.add_argument("--from-json", type=Path, help="only redraw the table and plot from an earlier run's JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup = 3.0, 1.0
+    if args.from_json:
+        run = json.loads(args.from_json.read_text())
+        rows = run["rows"]
+        args.concurrency, args.rate, args.seconds, args.warmup, args.quick = (
+            run["concurrency"], run["rate"], run["cell_seconds"], run["warmup"], run["quick"])
+        args.variants = [v for v in VARIANTS if any(r["server"] == v for r in rows)]
+        write_report(rows, args, run["seconds"])
+        return 0
     args.repository = args.repository.resolve()
     if not (args.repository / "classifier" / "1" / "model.onnx").exists():
         print(f"error: no classifier in {args.repository}; run `python -m export --out {args.repository}` (or `make export`)", file=sys.stderr)
