@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -290,22 +291,39 @@ def timeout_ms(request: Request) -> float | None:
     return value
 
 
-async def call(handle_call, timeout: float | None, model: str):
+REPLICA_GONE = (RayActorError, ActorUnavailableError)  # a model replica died or restarted under the call
+
+
+async def call(handle_call, timeout: float | None, model: str, retries: int = 1):
     """Await a deployment call, mapping its failures onto the API's status codes.
 
-    Leaving early (deadline, or the client went away) cancels the call, which frees its sequences in the engine.
+    ``handle_call``: an awaitable, or a function making one; then a call that fails because its replica went away is
+    made again (every model call is idempotent) up to ``retries`` times while the deadline allows, and otherwise
+    answered 503 with ``Retry-After``. Leaving early (deadline, or the client went away) cancels the call, which
+    frees its sequences in the engine.
     """
-    try:
-        if timeout is None:
-            return await handle_call
-        return await asyncio.wait_for(handle_call, timeout / 1000.0 + 0.05)
-    except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
-        raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
-    except Overloaded as e:  # the engine's queue of sequences is full (counted there)
-        raise ApiError(503, "overloaded", f"{model}: {e}; retry later", {"Retry-After": "1"}) from None
-    except BackPressureError:  # the deployment's max_queued_requests is reached
-        metrics().inc("inference_rejected_total", model=model, reason="queue_full")
-        raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
+    deadline = None if timeout is None else time.monotonic() + timeout / 1000.0 + 0.05
+    attempts = retries + 1 if callable(handle_call) else 1
+    for attempt in range(attempts):
+        awaitable = handle_call() if callable(handle_call) else handle_call
+        try:
+            if deadline is None:
+                return await awaitable
+            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+        except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
+            raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
+        except Overloaded as e:  # the engine's queue of sequences is full (counted there)
+            raise ApiError(503, "overloaded", f"{model}: {e}; retry later", {"Retry-After": "1"}) from None
+        except BackPressureError:  # the deployment's max_queued_requests is reached
+            metrics().inc("inference_rejected_total", model=model, reason="queue_full")
+            raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
+        except REPLICA_GONE:
+            metrics().inc("inference_rejected_total", model=model, reason="replica_unavailable")
+            if attempt + 1 < attempts and (deadline is None or time.monotonic() < deadline):
+                continue
+            raise ApiError(503, "unavailable", f"{model}: the replica serving this request went away; retry later",
+                           {"Retry-After": "1"}) from None
+    raise AssertionError("unreachable")
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -354,12 +372,13 @@ class Ingress:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.translator.translate.remote(texts, options, timeout, return_attention), timeout, "translator")
+        return await call(lambda: self.translator.translate.remote(texts, options, timeout, return_attention), timeout, "translator")
 
     async def _classify(self, payloads: list[bytes], top_k: int, timeout: float | None) -> list:
         if not 1 <= top_k <= 10:
             raise ApiError(422, "invalid_field", f"top_k must be within 1..10, got {top_k}")
-        result = await call(self._scores(self._digits(payloads)), timeout, "classifier")
+        arrays = self._digits(payloads)
+        result = await call(lambda: self._scores(arrays), timeout, "classifier")
         labels = result["labels"]
         return [[{"label": labels[i], "score": float(p[i])} for i in np.argsort(-p)[:top_k]] for p in result["probabilities"]]
 
@@ -413,7 +432,7 @@ class Ingress:
                 arrays = [digit_array(np.asarray(image[0], dtype=np.float32)) for image in images]
             else:
                 arrays = self._digits(t.data, "image_bytes")
-            result = await call(self._scores(arrays), timeout, "classifier")
+            result = await call(lambda: self._scores(arrays), timeout, "classifier")
             probs, labels = result["probabilities"], result["labels"]
             top = [labels[i].encode() for i in probs.argmax(-1)]
             return [oip.Output("probabilities", "FP32", [n, probs.shape[1]], probs), oip.Output("label", "BYTES", [n], top)]
@@ -429,7 +448,8 @@ class Ingress:
                     oip.Output("tokens", "INT32", [n], np.asarray(result["tokens"], dtype=np.int32))]
         max_new = oip.int_parameter(params, "max_new_tokens", 40, 1, 256)
         options = DecodingOptions(beam_size=beam, max_new_tokens=max_new)
-        result = await call(self.captioner.caption.remote(self._scenes(t.data), options, timeout), timeout, "captioner")
+        scenes = self._scenes(t.data)
+        result = await call(lambda: self.captioner.caption.remote(scenes, options, timeout), timeout, "captioner")
         return [oip.Output("caption", "BYTES", [n], [x.encode() for x in result["captions"]])]
 
     async def _model_ready(self, name: str) -> bool:
@@ -601,7 +621,7 @@ class Ingress:
             options = DecodingOptions(beam_size=beam_size, max_new_tokens=max_new_tokens)
         except ValueError as e:
             raise ApiError(422, "invalid_field", str(e)) from None
-        return await call(self.captioner.caption.remote([image], options, timeout, return_attention), timeout, "captioner")
+        return await call(lambda: self.captioner.caption.remote([image], options, timeout, return_attention), timeout, "captioner")
 
     @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True)
     async def translate(self, body: TranslateRequest, request: Request) -> dict:

@@ -71,3 +71,83 @@ def test_a_thousand_cancelled_decodes_leave_no_trace(service, url):
              "the in-flight gauge to return to 0")
     print(f"1,000 cancelled decodes in {elapsed:.1f} s ({retired} sequences retired by the engine); "
           f"translator RSS {baseline:.0f} → {after:.0f} MB")
+
+
+def png_b64() -> str:
+    import base64
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from service.images import encode_png
+
+    return base64.b64encode(encode_png((load_digits().images[0] * 16).clip(0, 255).astype(np.uint8))).decode()
+
+
+def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(url):
+    """SIGKILL the classifier's replica under load: every client gets 200 (the ingress retries an idempotent call
+    whose replica went away), 503 with Retry-After, or 504 when its deadline passed while no replica was up; none
+    waits past its deadline; /readyz shows the outage; Serve starts a new replica that serves."""
+    import collections
+    import os
+    import signal
+
+    body, deadline_s = {"image": png_b64()}, 5.0
+    results, stop = [], threading.Event()
+
+    def client():
+        http = requests.Session()
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                r = http.post(url + "/v1/classify", json=body, headers={"X-Request-Timeout-Ms": str(int(deadline_s * 1e3))}, timeout=30)
+                results.append((r.status_code, time.monotonic() - started, r.headers.get("Retry-After")))
+            except requests.RequestException as e:  # a hang or a dropped connection: both are failures here
+                results.append((type(e).__name__, time.monotonic() - started, None))
+
+    old = stats("Classifier")["pid"]
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        os.kill(old, signal.SIGKILL)
+        killed_at = time.monotonic()
+        saw_outage = False
+        while time.monotonic() - killed_at < 30 and not saw_outage:
+            saw_outage = requests.get(url + "/readyz", timeout=30).status_code == 503
+        wait_for(lambda: stats("Classifier")["pid"] != old, 90, "a new classifier replica")
+        wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz to recover")
+        served_before = len(results)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    codes = collections.Counter(code for code, _, _ in results)
+    assert set(codes) <= {200, 503, 504}, codes
+    assert all(retry == "1" for code, _, retry in results if code == 503)
+    assert max(took for _, took, _ in results) < deadline_s + 1.0, max(took for _, took, _ in results)
+    assert saw_outage, "/readyz never reported the dead replica"
+    after = [code for code, _, _ in results[served_before:]]
+    assert after and all(code == 200 for code in after), collections.Counter(after)
+    print(f"killed classifier replica {old}: {dict(codes)} over {len(results)} requests")
+
+
+def test_restarting_the_application_keeps_no_state(service, url):
+    """Delete and redeploy the whole application: new replicas, counters and queues from zero, same answers."""
+    from ray import serve
+
+    from service import config as serve_config
+
+    text = "I have three cats."
+    before = requests.post(url + "/v1/translate", json={"text": text}, timeout=60).json()["translations"][0]
+    old = stats("Translator")
+    assert sum(old["finished"].values()) > 0
+    serve.delete(serve_config.APP_NAME)
+    serve_config.deploy(service.config)
+    wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 180, "the application to come back")
+    new = stats("Translator")
+    assert new["pid"] != old["pid"] and new["active"] == 0 and new["waiting"] == 0 and sum(new["finished"].values()) == 0
+    assert stats("Classifier")["largest_batch"] == 0
+    assert requests.post(url + "/v1/translate", json={"text": text}, timeout=60).json()["translations"][0] == before
