@@ -74,17 +74,8 @@ class Classifier:
         probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
         return list(probs)
 
-    async def classify(self, images: list[np.ndarray], top_k: int) -> list[list[dict]]:
-        now = time.monotonic()
-        probs = await asyncio.gather(*(self._run((image, now)) for image in images))
-        out = []
-        for p in probs:
-            order = np.argsort(-p)[:top_k]
-            out.append([{"label": self.labels[i], "score": float(p[i])} for i in order])
-        return out
-
     async def scores(self, images: list[np.ndarray]) -> dict:
-        """Every class's probability, in label order (the Open Inference Protocol's ``probabilities``)."""
+        """Every class's probability, in label order: the ingress ranks them (task API) or returns them (OIP)."""
         now = time.monotonic()
         probs = await asyncio.gather(*(self._run((image, now)) for image in images))
         return {"labels": list(self.labels), "probabilities": np.stack(probs).astype(np.float32)}
