@@ -16,6 +16,17 @@ batch holds one KV cache ``(B, H, P, Dh)`` per layer in which each row has its o
 admitted late starts with all earlier columns masked out). Columns no live row uses any more are trimmed
 whenever the batch changes. Greedy decoding only: beam search runs per request through
 ``EncoderDecoderRuntime.generate``.
+
+Admission (what keeps latency bounded under overload, RELIABILITY.md):
+
+* ``max_step_slowdown``: a step of B sequences costs more than a step of one (much more on a CPU than on a GPU),
+  and a request's latency is its steps × the step time. At start the engine times decoder steps at several batch
+  widths on dummy inputs and caps the batch at the widest whose step costs at most this many times a one-sequence
+  step (``batch_limit``; on a GPU usually ``max_batch`` itself, on a small CPU a few sequences).
+* ``max_queue_wait_s``: a request is refused at once (``QueueFull``) when the sequences ahead of it would keep it
+  waiting longer than this at the rate sequences have recently been leaving the batch, and a sequence still
+  waiting after this long is refused then. Either way the caller hears within about this long, and what is
+  admitted starts promptly.
 """
 
 from __future__ import annotations
@@ -44,14 +55,32 @@ class EngineOptions:
     # batch has emptied, so a batch runs to its longest member before the next starts (request-level batching, what
     # @serve.batch gives); kept to measure against (tests/benchmarks/batching_bench.py), not for production.
     scheduling: str = "iteration"
+    # Latency bounds (None: off, batch and queue bounded by count only). See the module docstring.
+    max_step_slowdown: float | None = None
+    max_queue_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduling not in ("iteration", "static"):
             raise ValueError(f"scheduling must be 'iteration' or 'static', got {self.scheduling!r}")
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError(f"max_batch must be ≥ 1 and max_queue ≥ 0, got {self.max_batch} and {self.max_queue}")
+        if self.max_step_slowdown is not None and not self.max_step_slowdown >= 1:
+            raise ValueError(f"max_step_slowdown must be ≥ 1 (or None), got {self.max_step_slowdown}")
+        if self.max_queue_wait_s is not None and not self.max_queue_wait_s >= 0:
+            raise ValueError(f"max_queue_wait_s must be ≥ 0 (or None), got {self.max_queue_wait_s}")
+
+
+RATE_WINDOW_S = 2.0  # departures older than this do not count towards the rate expected_wait uses
 
 
 class QueueFull(RuntimeError):
-    """The engine's waiting queue is full: the caller should answer 503 / RESOURCE_EXHAUSTED."""
+    """The engine cannot take the request now: the caller should answer 503 / RESOURCE_EXHAUSTED. ``reason``:
+    "queue_full" (its sequences do not fit the queue: says more about the request's size than about when a slot
+    frees) or "expected_wait" (no slot soon: the batch is busy)."""
+
+    def __init__(self, message: str, reason: str = "queue_full") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -66,10 +95,11 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     future: Future = field(default_factory=Future)
     cancelled: bool = False
-    finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "error"
+    finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "rejected" | "error"
     admitted_at_step: int | None = None
     finished_at_step: int | None = None
     submitted_at: float = field(default_factory=time.monotonic)
+    leader: Sequence | None = None  # the first sequence of its request (submit_all)
     first_token_at: float | None = None
 
     def cancel(self) -> None:
@@ -81,7 +111,7 @@ class DecodeEngine:
     """The decode loop of one replica; thread-safe ``submit``; ``start`` / ``stop`` the loop thread."""
 
     def __init__(self, runtime: EncoderDecoderRuntime, options: EngineOptions = EngineOptions()) -> None:
-        self.rt, self.options = runtime, options
+        self.rt, self._options = runtime, options
         self.model = runtime.directory.parent.name  # the metrics' "model" label
         self.metrics = metrics()
         special = runtime.config["special_tokens"]
@@ -94,7 +124,22 @@ class DecodeEngine:
         self.thread: threading.Thread | None = None
         self.steps = 0
         self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
+        self.batch_limit = options.max_batch  # max_batch, or less where max_step_slowdown says so (calibrate)
+        self.step_costs: dict[int, float] = {}  # batch width → step time relative to one sequence (last calibration)
+        self._calibrated_for: tuple | None = None
+        self._left: deque[float] = deque(maxlen=64)  # when admitted sequences last left the batch
         self._reset_batch()
+
+    @property
+    def options(self) -> EngineOptions:
+        return self._options
+
+    @options.setter
+    def options(self, options: EngineOptions) -> None:
+        """New options take effect at the next step; a changed slowdown bound or batch recalibrates there."""
+        self._options = options
+        if options.max_step_slowdown is None:
+            self.batch_limit, self._calibrated_for, self.step_costs = options.max_batch, None, {}
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -107,11 +152,35 @@ class DecodeEngine:
             if len(self.waiting) + len(seqs) > self.options.max_queue:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_full")
                 raise QueueFull(f"{len(self.waiting)} sequences already waiting, room for {self.options.max_queue}")
+            bound = self.options.max_queue_wait_s
+            if bound is not None and (wait := self.expected_wait()) > bound:
+                self.metrics.inc("inference_rejected_total", model=self.model, reason="expected_wait")
+                raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a slot in the batch (bound {bound * 1e3:.0f} ms)",
+                                "expected_wait")
+            for seq in seqs:  # one request's sequences wait, and are refused for waiting, together
+                seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at
             self.waiting.extend(seqs)
             self.lock.notify()
         return seqs
 
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would wait before its first sequence joins the batch: 0 while the batch has
+        a free slot for it, else the sequences ahead of it × the recent interval between sequences leaving the batch
+        (at least the time since the last one left: a batch that has stopped moving is not about to free a slot).
+        Its own later sequences are not counted: they wait behind its own work, which is its service time."""
+        ahead = len(self.waiting) + 1 - max(0, self.batch_limit - len(self.active))
+        if ahead <= 0:
+            return 0.0
+        left, now = self._left, time.monotonic()
+        while left and now - left[0] > RATE_WINDOW_S:  # the rate of the last moments, not of an earlier load
+            left.popleft()
+        if len(left) < 2:
+            return float("inf") if not left else ahead * (now - left[-1])
+        interval = max((left[-1] - left[0]) / (len(left) - 1), now - left[-1])
+        return ahead * interval
+
     def start(self) -> DecodeEngine:
+        self._calibrate_if_needed()
         self.running = True
         self.thread = threading.Thread(target=self._loop, name="decode-engine", daemon=True)
         self.thread.start()
@@ -145,9 +214,11 @@ class DecodeEngine:
 
     def _loop(self) -> None:
         while True:
+            self._calibrate_if_needed()  # after start or a reconfigure: between steps, never during one
             with self.lock:
-                while self.running and not self.active and not self.waiting:
+                if self.running and not self.active and not self.waiting:
                     self.lock.wait(self.options.idle_wait_s)
+                    continue
                 if not self.running:
                     return
             try:
@@ -162,6 +233,7 @@ class DecodeEngine:
 
     def step(self) -> None:
         """schedule → execute → update, once (also callable directly, without the loop thread)."""
+        self._calibrate_if_needed()
         self._schedule()
         if not self.active:
             return
@@ -180,7 +252,7 @@ class DecodeEngine:
             if seq.finish_reason is not None:
                 dead.append(i)
         with self.lock:
-            room = self.options.max_batch - (len(self.active) - len(dead))
+            room = self.batch_limit - (len(self.active) - len(dead))
             if self.options.scheduling == "static" and len(self.active) > len(dead):
                 room = 0
             admitted = []
@@ -191,6 +263,9 @@ class DecodeEngine:
                     continue
                 admitted.append(seq)
                 room -= 1
+            bound = self.options.max_queue_wait_s
+            if bound is not None and self.waiting and now - self.waiting[0].submitted_at > bound:
+                self._refuse_overdue(now - bound)
         # Newcomers take the slots of finished rows in place (no copy of the batch's caches); rows appended only
         # past those. Under load the batch is never re-packed: measured at 80 req/s, re-packing on every retirement
         # and admission took half the loop's time (BENCHMARKS.md, batching).
@@ -202,6 +277,20 @@ class DecodeEngine:
             self._select_rows(np.array([i for i in range(len(self.active)) if i not in gone], dtype=np.int64))
         elif reused:
             self._trim_columns()
+
+    def _refuse_overdue(self, cutoff: float) -> None:
+        """Refuse the requests waiting since before ``cutoff`` none of whose sequences has started (a request whose
+        first sequences are decoding keeps its place: the rest wait behind its own work). Holds the lock."""
+        keep: deque[Sequence] = deque()
+        for seq in self.waiting:
+            leader = seq.leader or seq
+            if seq.submitted_at < cutoff and leader.admitted_at_step is None:
+                if seq is leader:
+                    self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_timeout")
+                self._finish(seq, "rejected")
+            else:
+                keep.append(seq)
+        self.waiting = keep
 
     def _select_rows(self, rows: np.ndarray) -> None:
         self.active = [self.active[i] for i in rows]
@@ -329,6 +418,59 @@ class DecodeEngine:
                 self.metrics.observe("generation_time_per_output_token_seconds", per_token, model=self.model)
             if reason == "deadline" and seq.admitted_at_step is None:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="deadline")
+            if seq.admitted_at_step is not None:
+                self._left.append(time.monotonic())
         seq.finished_at_step = self.steps
         if not seq.future.done():
             seq.future.set_result(list(seq.tokens))
+
+    # ------------------------------------------------------------------------------- calibration
+
+    def _calibrate_if_needed(self) -> None:
+        key = (self.options.max_step_slowdown, self.options.max_batch)
+        if key[0] is None or key == self._calibrated_for:
+            return
+        self._calibrated_for = key
+        self.step_costs = self.calibrate()
+        self.batch_limit = 1
+        for width, cost in sorted(self.step_costs.items()):  # the widest before the first that costs too much
+            if cost > key[0]:
+                break
+            self.batch_limit = width
+
+    def calibrate(self, rounds: int = 15) -> dict[int, float]:
+        """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
+
+        Dummy inputs shaped like a mid-length request (cache half the model's positions wide, capped at 128; a
+        source of 24 tokens, or one blank image). Widths are timed in interleaved rounds and each keeps its fastest
+        time, so a burst of work elsewhere on the machine does not count against one width.
+        """
+        cfg = self.rt.config
+        heads, head_dim = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"]
+        width = max(1, min(128, cfg["decoder"]["max_len"] // 2))
+        if self.text_source:
+            source = (np.arange(24, dtype=np.int64) % (cfg["decoder"]["vocab_size"] - 4) + 4)[None]
+            cross, cross_mask = self.rt.encode(source, np.ones(source.shape, dtype=bool))
+        else:
+            size = cfg["encoder"]["image_size"]
+            cross, cross_mask = self.rt.encode(np.zeros((1, 1, size, size), dtype=np.float32), None)
+        widths = sorted({b for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if b <= self.options.max_batch}
+                        | {self.options.max_batch})
+        feeds = {}
+        for b in widths:
+            f = {"input_ids": np.full((b, 1), self.bos, dtype=np.int64),
+                 "position_ids": np.full((b, 1), width, dtype=np.int64),
+                 "self_mask": np.ones((b, width + 1), dtype=bool),
+                 "cross_mask": np.repeat(cross_mask, b, axis=0)}
+            f.update((n, np.zeros((b, heads, width, head_dim), dtype=self.rt.float_type))
+                     for n in kv_names("past_key_values", self.layers))
+            f.update(zip(kv_names("cross", self.layers), (np.repeat(a, b, axis=0) for a in cross)))
+            feeds[b] = f
+        best = dict.fromkeys(widths, float("inf"))
+        for _ in range(rounds):
+            for b in widths:
+                self.rt.decoder.run(None, feeds[b])  # warm: first use of a shape plans its kernels
+                started = time.perf_counter()
+                self.rt.decoder.run(None, feeds[b])
+                best[b] = min(best[b], time.perf_counter() - started)
+        return {b: round(best[b] / best[1], 3) for b in widths}

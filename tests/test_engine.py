@@ -153,3 +153,80 @@ def test_captioner_through_the_engine(repo):
     seqs = [engine.submit(Sequence(img, max_new_tokens=40)) for img in images]
     run_until_idle(engine)
     assert [s.future.result() for s in seqs] == rt.generate(images, None, DecodingOptions(max_new_tokens=40))
+
+
+# ------------------------------------------------------------------------------------ latency bounds
+
+LOOP = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes until max_new_tokens
+
+
+def test_calibration_caps_the_batch_where_a_step_costs_too_much(translator):
+    rt, _ = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=16, max_step_slowdown=1.5))
+    engine.step()  # calibrates (nothing to decode)
+    costs = engine.step_costs
+    assert set(costs) == {1, 2, 3, 4, 6, 8, 12, 16} and costs[1] == 1.0
+    assert 1 <= engine.batch_limit <= 16
+    # the widest before the first width over the bound
+    over = [w for w in sorted(costs) if costs[w] > 1.5]
+    assert engine.batch_limit == (max(w for w in costs if w < over[0]) if over else 16)
+    assert costs[16] > costs[1]  # sixteen sequences cost more than one on any device that runs these tests
+    # without a bound the batch is max_batch, and changing the options recalibrates at the next step
+    engine.options = EngineOptions(max_batch=16)
+    assert engine.batch_limit == 16
+    engine.options = EngineOptions(max_batch=16, max_step_slowdown=1.5)  # the bound back on: calibrated again
+    engine.step()
+    assert engine.batch_limit < 16 or not over
+    engine.options = EngineOptions(max_batch=4, max_step_slowdown=1e9)
+    engine.step()
+    assert engine.batch_limit == 4 and set(engine.step_costs) == {1, 2, 3, 4}
+
+
+def test_the_batch_never_grows_past_its_limit(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=8))
+    engine.batch_limit = 2  # as calibration would set it
+    seqs = engine.submit_all([Sequence(ids(tok, LOOP), 6) for _ in range(5)])
+    widths = []
+    while any(s.finish_reason is None for s in seqs):
+        engine.step()
+        widths.append(len(engine.active))
+    assert max(widths) == 2 and all(s.finish_reason == "length" for s in seqs)
+
+
+def test_a_request_that_would_wait_too_long_is_refused_at_once(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.010))
+    # an idle engine takes anything, however many sequences (they wait behind each other, not behind others)
+    big = engine.submit_all([Sequence(ids(tok, LOOP), 40) for _ in range(3)])
+    engine.step()
+    assert len(engine.active) == 1
+    # the batch is full and nothing has left it yet: no rate to promise a slot by → refused, nothing queued
+    started = time.monotonic()
+    with pytest.raises(QueueFull, match="would wait"):
+        engine.submit(Sequence(ids(tok, "one"), 5))
+    assert time.monotonic() - started < 0.01 and engine.load == (1, 2)
+    # the request already running keeps its place even though its later sequences wait longer than the bound
+    time.sleep(0.03)
+    run_until_idle(engine)
+    assert [s.finish_reason for s in big] == ["length"] * 3
+
+
+def test_a_sequence_left_waiting_past_the_bound_is_refused_then(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.020))
+    running = engine.submit(Sequence(ids(tok, LOOP), 200))
+    engine.step()
+    late = Sequence(ids(tok, "one"), 5)
+    engine.waiting.append(late)  # as if admitted by a too hopeful estimate
+    time.sleep(0.03)
+    engine.step()
+    assert late.finish_reason == "rejected" and late.future.result() == [] and engine.load == (1, 0)
+    assert engine.finished["rejected"] == 1 and running.finish_reason is None
+    engine.stop()
+
+
+def test_latency_bounds_are_validated():
+    for bad in ({"max_step_slowdown": 0.5}, {"max_queue_wait_s": -1}, {"max_batch": 0}, {"max_queue": -1}):
+        with pytest.raises(ValueError):
+            EngineOptions(**bad)
