@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from models.data.tokenizer import Tokenizer
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
 from service.metrics import metrics
-from service.runtime import EncoderDecoderRuntime, Interrupted, create_session, load_config
+from service.runtime import EncoderDecoderRuntime, Interrupted, RuntimeOptions, create_session, load_config
 
 
 class DeadlineExceeded(Exception):
@@ -35,7 +36,62 @@ class DeadlineExceeded(Exception):
 
 
 class Overloaded(Exception):
-    """The model's queue is full."""
+    """The model cannot take the request now (queue full, or it would wait too long for a slot). ``busy``: because
+    no slot is expected soon (worth shedding the next requests at the door), not because of this request's size."""
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """What a model method returns instead of raising when it refuses a request (``refusing``).
+
+    Under overload most requests are refused; an exception crossing a Serve call is pickled with its traceback and
+    logged as an error by the replica and the caller, which cost ~10 ms of CPU per refusal here (RELIABILITY.md)
+    and slowed the admitted requests down. A returned value costs what any small answer costs.
+    """
+
+    kind: str  # "overloaded" | "deadline"
+    message: str
+    busy: bool = False  # overloaded: see Overloaded
+
+    def exception(self) -> Exception:
+        return Overloaded(self.message, self.busy) if self.kind == "overloaded" else DeadlineExceeded(self.message)
+
+
+def refusing(method):
+    """Turn a model method's ``Overloaded`` / ``DeadlineExceeded`` into a returned ``Refused``."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except Overloaded as e:
+            return Refused("overloaded", str(e), e.busy)
+        except DeadlineExceeded as e:
+            return Refused("deadline", str(e))
+
+    return wrapper
+
+
+def replica_runtime_options() -> RuntimeOptions:
+    """ONNX Runtime's threads for this replica: as many as the CPUs Ray gave it (``ray_actor_options.num_cpus``,
+    at least one), not one per core of the machine.
+
+    ONNX Runtime's default, a thread per physical core, assumes the session has the machine to itself. A replica
+    shares it with the other replicas, the proxy and the ingress, and a parallel section waits for its slowest
+    thread: under load a descheduled thread stalls every step. Measured here (2 CPUs, 256-token translation, one
+    other busy process): one thread 98 ms, two threads 273 ms (RELIABILITY.md, overload).
+    """
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # not in a Ray worker (a direct construction in a script)
+        cpus = 1.0
+    return RuntimeOptions(intra_op_threads=max(1, int(cpus)))
 
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5})
@@ -43,7 +99,7 @@ class Classifier:
     def __init__(self, repository: str) -> None:
         directory = Path(repository) / "classifier" / "1"
         self.config = load_config(directory)
-        self.session = create_session(directory / "model.onnx")
+        self.session = create_session(directory / "model.onnx", replica_runtime_options())
         self.labels = self.config["labels"]
         self.settings = {"max_batch_size": 64, "batch_wait_timeout_s": 0.005}
         self.largest_batch = 0  # since the last reconfigure
@@ -91,22 +147,34 @@ class _Generator:
 
     def __init__(self, repository: str, max_batch: int = 32, max_queue: int = 256) -> None:
         self.directory = Path(repository) / self.name / "1"
-        self.runtime = EncoderDecoderRuntime(self.directory)
+        self.runtime = EncoderDecoderRuntime(self.directory, replica_runtime_options())
         self.tokenizer = Tokenizer.load(self.directory)
         self.engine = DecodeEngine(self.runtime, EngineOptions(max_batch=max_batch, max_queue=max_queue)).start()
         self.beams_running, self._beam_lock = 0, threading.Lock()
 
     def reconfigure(self, user_config: dict) -> None:
-        options = dataclasses.replace(self.engine.options, max_batch=int(user_config.get("max_batch_size", 32)),
-                                      max_queue=int(user_config.get("max_queue", 256)))
-        if options.max_batch < 1 or options.max_queue < 0:
-            raise ValueError(f"{self.name} user_config out of range: {user_config}")
+        """``user_config``: max_batch_size, max_queue, and the latency bounds max_step_slowdown and
+        max_queue_wait_ms (absent or null: off). Applied at the engine's next step (a changed slowdown bound
+        recalibrates the batch limit there)."""
+        known = {"max_batch_size", "max_queue", "max_step_slowdown", "max_queue_wait_ms"}
+        if unknown := set(user_config) - known:
+            raise ValueError(f"{self.name} user_config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        slowdown, wait_ms = user_config.get("max_step_slowdown"), user_config.get("max_queue_wait_ms")
+        options = dataclasses.replace(
+            self.engine.options, max_batch=int(user_config.get("max_batch_size", 32)),
+            max_queue=int(user_config.get("max_queue", 256)),
+            max_step_slowdown=None if slowdown is None else float(slowdown),
+            max_queue_wait_s=None if wait_ms is None else float(wait_ms) / 1000.0)  # validated by EngineOptions
         self.engine.options = options  # read by the loop at the next step
 
     def stats(self) -> dict:
         active, waiting = self.engine.load
-        return {"pid": os.getpid(), "max_batch_size": self.engine.options.max_batch,
-                "max_queue": self.engine.options.max_queue, "active": active, "waiting": waiting,
+        options = self.engine.options
+        return {"pid": os.getpid(), "max_batch_size": options.max_batch, "max_queue": options.max_queue,
+                "max_step_slowdown": options.max_step_slowdown,
+                "max_queue_wait_ms": None if options.max_queue_wait_s is None else options.max_queue_wait_s * 1000,
+                "batch_limit": self.engine.batch_limit, "step_costs": self.engine.step_costs,
+                "active": active, "waiting": waiting,
                 "finished": dict(self.engine.finished), "beams_running": self.beams_running}
 
     def __del__(self) -> None:
@@ -128,13 +196,15 @@ class _Generator:
         try:
             self.engine.submit_all(seqs)
         except QueueFull as e:
-            raise Overloaded(str(e)) from None
+            raise Overloaded(str(e), e.reason != "queue_full") from None
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(s.future) for s in seqs))
         except asyncio.CancelledError:  # the client went away: free the sequences
             for s in seqs:
                 s.cancel()
             raise
+        if any(s.finish_reason == "rejected" for s in seqs):
+            raise Overloaded(f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a slot in the batch", busy=True)
         if any(s.finish_reason == "deadline" for s in seqs):
             raise DeadlineExceeded(f"{self.name} did not finish before the request deadline")
         return results
@@ -162,6 +232,7 @@ class Translator(_Generator):
         max_src = self.runtime.config["encoder"]["max_source_tokens"]
         return np.array(self.tokenizer.encode(text)[: max_src - 1] + [self.tokenizer.eos_id], dtype=np.int64)
 
+    @refusing
     async def translate(self, texts: list[str], options: DecodingOptions, timeout_ms: float | None = None,
                         return_attention: bool = False) -> dict:
         sources = [self._source(t) for t in texts]
@@ -192,7 +263,8 @@ class Translator(_Generator):
         try:
             self.engine.submit(seq)
         except QueueFull as e:
-            raise Overloaded(str(e)) from None
+            yield Refused("overloaded", str(e), e.reason != "queue_full")  # the ingress turns a first item like this into its 503
+            return
         try:
             tokens, shown = [], ""
             while (token := await queue.get()) is not None:
@@ -203,7 +275,13 @@ class Translator(_Generator):
                 piece, shown = text_so_far[len(shown):], text_so_far
                 if piece:
                     yield {"token": piece}
+            if seq.finish_reason == "rejected":  # before any token
+                yield Refused("overloaded", f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a slot in the batch", True)
+                return
             if seq.finish_reason == "deadline":
+                if not tokens:
+                    yield Refused("deadline", "translator did not finish before the request deadline")
+                    return
                 raise DeadlineExceeded("translator did not finish before the request deadline")
             if seq.finish_reason in ("error", "cancelled"):
                 raise RuntimeError(f"decoding ended: {seq.finish_reason}")
@@ -219,6 +297,7 @@ class Translator(_Generator):
 class Captioner(_Generator):
     name = "captioner"
 
+    @refusing
     async def caption(self, images: list[np.ndarray], options: DecodingOptions, timeout_ms: float | None = None,
                       return_attention: bool = False) -> dict:
         outputs = await self._generate(images, options, deadline_from_ms(timeout_ms))
