@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import oip
 from service.config import default_repository
 from service.decoding import DecodingOptions
-from service.deployments import DeadlineExceeded, Overloaded
+from service.deployments import DeadlineExceeded, Overloaded, Refused
 from service.grpc_lenient import Undecodable
 from service.images import MAX_SIDE, BadImage, digit_array, digit_input, scene_input
 from service.metrics import metrics
@@ -99,6 +99,23 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+# Load shedding at the door: once a model has refused a request because no slot frees soon, this ingress replica refuses that
+# model's requests itself, before FastAPI parses them, until one of its calls to the model completes (a slot has
+# freed) or GATE_MAX_S has passed (calls through other ingress replicas free slots too). Under overload most
+# requests are refused; each one that reached the model replica took CPU and the GIL from its decoding loop, and
+# the ingress spent ~3 ms in FastAPI on each: admitted requests slowed 2-3× here (RELIABILITY.md, overload).
+GATE_MAX_S = 0.05
+_closed_until: dict[str, float] = {}  # model → until when this replica sheds its requests
+
+
+def shed(model: str) -> None:
+    """503 at once while ``model`` has told this ingress replica it has no free slot (``GATE_MAX_S``)."""
+    if (left := _closed_until.get(model, 0.0) - time.monotonic()) > 0:
+        metrics().inc("inference_rejected_total", model=model, reason="expected_wait")
+        raise ApiError(503, "overloaded", f"{model}: no free slot expected for {left * 1e3:.0f} ms; retry later",
+                       {"Retry-After": "1"})
+
+
 ROUTE_MODELS = {"/v1/translate": "translator", "/v1/classify": "classifier", "/v1/caption": "captioner"}
 STREAM_ROUTES = {"/v1/translate/stream": "translator"}  # a started stream counts itself (service.ingress._stream)
 
@@ -151,11 +168,16 @@ class ObserveMiddleware:
                     record(stream_model, "http", "translate_stream", status[0], False, time.monotonic() - started)
             await send(message)
 
+        app = self.app
+        try:  # shed before FastAPI parses anything: under overload this is most requests (``shed``)
+            shed(model or stream_model)
+        except ApiError as e:
+            app = await (_api_error(Request(scope), e))
         if stream_model is not None:
-            return await self.app(scope, receive, observed_send)
+            return await app(scope, receive, observed_send)
         metrics().add_gauge("inference_requests_in_flight", 1, model=model)
         try:
-            await self.app(scope, receive, observed_send)
+            await app(scope, receive, observed_send)
         finally:
             metrics().add_gauge("inference_requests_in_flight", -1, model=model)
             record(model, "http", method, status[0], status[0] == "200", time.monotonic() - started)
@@ -302,19 +324,29 @@ async def call(handle_call, timeout: float | None, model: str, retries: int = 1)
     answered 503 with ``Retry-After``. Leaving early (deadline, or the client went away) cancels the call, which
     frees its sequences in the engine.
     """
+    if callable(handle_call):  # (a call already made is the caller's to gate, before making it)
+        shed(model)
     deadline = None if timeout is None else time.monotonic() + timeout / 1000.0 + 0.05
     attempts = retries + 1 if callable(handle_call) else 1
     for attempt in range(attempts):
         awaitable = handle_call() if callable(handle_call) else handle_call
         try:
             if deadline is None:
-                return await awaitable
-            return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+                result = await awaitable
+            else:
+                result = await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+            if isinstance(result, Refused):
+                raise result.exception()
+            _closed_until.pop(model, None)  # a slot has freed
+            return result
         except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
             raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
-        except Overloaded as e:  # the engine's queue of sequences is full (counted there)
+        except Overloaded as e:  # refused by the model (counted there)
+            if e.busy:  # no slot soon: shed this model's next requests here
+                _closed_until[model] = time.monotonic() + GATE_MAX_S
             raise ApiError(503, "overloaded", f"{model}: {e}; retry later", {"Retry-After": "1"}) from None
         except BackPressureError:  # the deployment's max_queued_requests is reached
+            _closed_until[model] = time.monotonic() + GATE_MAX_S
             metrics().inc("inference_rejected_total", model=model, reason="queue_full")
             raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
         except REPLICA_GONE:
@@ -640,6 +672,7 @@ class Ingress:
         (bad input, queue full, deadline) raise ``ApiError`` and become a status code; the caller counts those.
         Once the first token is out, this counts the request itself (in flight, duration, code)."""
         self._check_text(text)
+        shed("translator")
         stream = self.translator.options(stream=True).translate_stream.remote(text, max_new_tokens, timeout)
         try:
             first = await call(stream.__anext__(), timeout, "translator")
@@ -660,6 +693,7 @@ class Ingress:
             raise
         finally:
             stream.cancel()  # frees the sequence in the decode loop if it is still running
+            _closed_until.pop("translator", None)
             metrics().add_gauge("inference_requests_in_flight", -1, model="translator")
             record("translator", protocol, method, code, code == "200", time.monotonic() - started)
 
