@@ -137,9 +137,10 @@ class DecodeEngine:
     @options.setter
     def options(self, options: EngineOptions) -> None:
         """New options take effect at the next step; a changed slowdown bound or batch recalibrates there."""
-        self._options = options
-        if options.max_step_slowdown is None:
-            self.batch_limit, self._calibrated_for, self.step_costs = options.max_batch, None, {}
+        with self.lock:
+            self._options = options
+            if options.max_step_slowdown is None:
+                self.batch_limit, self._calibrated_for, self.step_costs = options.max_batch, None, {}
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -430,13 +431,16 @@ class DecodeEngine:
         key = (self.options.max_step_slowdown, self.options.max_batch)
         if key[0] is None or key == self._calibrated_for:
             return
-        self._calibrated_for = key
-        self.step_costs = self.calibrate()
-        self.batch_limit = 1
-        for width, cost in sorted(self.step_costs.items()):  # the widest before the first that costs too much
+        costs = self.calibrate()
+        limit = 1
+        for width, cost in sorted(costs.items()):  # the widest before the first that costs too much
             if cost > key[0]:
                 break
-            self.batch_limit = width
+            limit = width
+        with self.lock:  # (the options setter takes it too)
+            if key != (self.options.max_step_slowdown, self.options.max_batch):
+                return  # the options changed while it ran (a reconfigure): the next call measures for the new ones
+            self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
 
     def calibrate(self, rounds: int = 15) -> dict[int, float]:
         """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
