@@ -13,7 +13,9 @@ Nothing a client sends produces a 500.
 import asyncio
 import base64
 import binascii
+import collections
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -99,21 +101,55 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-# Load shedding at the door: once a model has refused a request because no slot frees soon, this ingress replica refuses that
-# model's requests itself, before FastAPI parses them, until one of its calls to the model completes (a slot has
-# freed) or GATE_MAX_S has passed (calls through other ingress replicas free slots too). Under overload most
-# requests are refused; each one that reached the model replica took CPU and the GIL from its decoding loop, and
-# the ingress spent ~3 ms in FastAPI on each: admitted requests slowed 2-3× here (RELIABILITY.md, overload).
-GATE_MAX_S = 0.05
-_closed_until: dict[str, float] = {}  # model → until when this replica sheds its requests
+# Load shedding at the door. Under overload most requests are refused, and each refusal that reaches a model replica
+# costs two cross-process calls and takes the GIL from its decoding loop: measured at 10× capacity, such refusals took
+# p50 18 ms / p99 75-200 ms against 5 / 20-95 ms at the door, and admitted requests slowed 2-3× (RELIABILITY.md,
+# overload). So each ingress replica learns how many concurrent calls a model takes from it, and refuses the rest
+# itself, before FastAPI parses them: a concurrency limit learned from the model's own refusals (additive increase
+# on success, reset to what was in flight on a "busy" refusal, as TCP's congestion window or Envoy's adaptive
+# concurrency filter do). The model still decides: the door only refuses what the model would have refused.
+GATE_MAX_S = 0.05  # closed this long after a refusal with nothing of this replica's in flight (other replicas filled it)
+LIMIT_TTL_S = 5.0  # a learned limit is forgotten this long after the model last refused as busy
+
+
+class Door:
+    """One model's gate in this ingress replica: its calls in flight, and the limit learned from its refusals."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.limit: float | None = None  # None: no refusal seen lately, no limit
+        self.refused_at = -math.inf
+        self.closed_until = 0.0
+
+    def shut(self, now: float) -> str | None:
+        """Why a request arriving now is refused here, or None to let it through."""
+        if now < self.closed_until:
+            return f"no free slot expected for {(self.closed_until - now) * 1e3:.0f} ms"
+        if self.limit is not None and now - self.refused_at < LIMIT_TTL_S and self.in_flight >= self.limit:
+            return f"{self.in_flight} requests in flight, as many as it took lately"
+        return None
+
+    def refused(self, now: float, others: int) -> None:
+        """The model refused a call as busy while ``others`` calls of this replica were in flight besides it."""
+        self.refused_at = now
+        if others == 0:  # full of other replicas' calls: nothing here will tell when a slot frees
+            self.closed_until = now + GATE_MAX_S
+        self.limit = max(1.0, float(others))
+
+    def succeeded(self) -> None:
+        self.closed_until = 0.0
+        if self.limit is not None:
+            self.limit += 1.0 / self.limit  # probe for room: about one more per limit's worth of successes
+
+
+_doors: collections.defaultdict[str, Door] = collections.defaultdict(Door)
 
 
 def shed(model: str) -> None:
-    """503 at once while ``model`` has told this ingress replica it has no free slot (``GATE_MAX_S``)."""
-    if (left := _closed_until.get(model, 0.0) - time.monotonic()) > 0:
+    """503 at once while ``model`` is not expected to take another call from this ingress replica (``Door``)."""
+    if (why := _doors[model].shut(time.monotonic())) is not None:
         metrics().inc("inference_rejected_total", model=model, reason="expected_wait")
-        raise ApiError(503, "overloaded", f"{model}: no free slot expected for {left * 1e3:.0f} ms; retry later",
-                       {"Retry-After": "1"})
+        raise ApiError(503, "overloaded", f"{model}: {why}; retry later", {"Retry-After": "1"})
 
 
 ROUTE_MODELS = {"/v1/translate": "translator", "/v1/classify": "classifier", "/v1/caption": "captioner"}
@@ -326,6 +362,15 @@ async def call(handle_call, timeout: float | None, model: str, retries: int = 1)
     """
     if callable(handle_call):  # (a call already made is the caller's to gate, before making it)
         shed(model)
+    door = _doors[model]
+    door.in_flight += 1
+    try:
+        return await _call(handle_call, timeout, model, retries, door)
+    finally:
+        door.in_flight -= 1
+
+
+async def _call(handle_call, timeout: float | None, model: str, retries: int, door: Door):
     deadline = None if timeout is None else time.monotonic() + timeout / 1000.0 + 0.05
     attempts = retries + 1 if callable(handle_call) else 1
     for attempt in range(attempts):
@@ -337,16 +382,16 @@ async def call(handle_call, timeout: float | None, model: str, retries: int = 1)
                 result = await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
             if isinstance(result, Refused):
                 raise result.exception()
-            _closed_until.pop(model, None)  # a slot has freed
+            door.succeeded()
             return result
         except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
             raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
         except Overloaded as e:  # refused by the model (counted there)
-            if e.busy:  # no slot soon: shed this model's next requests here
-                _closed_until[model] = time.monotonic() + GATE_MAX_S
+            if e.busy:  # no slot soon: learn how much it takes from here
+                door.refused(time.monotonic(), door.in_flight - 1)
             raise ApiError(503, "overloaded", f"{model}: {e}; retry later", {"Retry-After": "1"}) from None
         except BackPressureError:  # the deployment's max_queued_requests is reached
-            _closed_until[model] = time.monotonic() + GATE_MAX_S
+            door.refused(time.monotonic(), door.in_flight - 1)
             metrics().inc("inference_rejected_total", model=model, reason="queue_full")
             raise ApiError(503, "overloaded", f"{model}: queue full; retry later", {"Retry-After": "1"}) from None
         except REPLICA_GONE:
@@ -675,10 +720,12 @@ class Ingress:
         shed("translator")
         stream = self.translator.options(stream=True).translate_stream.remote(text, max_new_tokens, timeout)
         try:
-            first = await call(stream.__anext__(), timeout, "translator")
+            first = await call(stream.__anext__(), timeout, "translator")  # (counted in flight by call meanwhile)
         except BaseException:
             stream.cancel()
             raise
+        door = _doors["translator"]
+        door.in_flight += 1  # a started stream holds its slot until it ends
         started, code = time.monotonic(), "200"
         metrics().add_gauge("inference_requests_in_flight", 1, model="translator")
         try:
@@ -693,7 +740,7 @@ class Ingress:
             raise
         finally:
             stream.cancel()  # frees the sequence in the decode loop if it is still running
-            _closed_until.pop("translator", None)
+            door.in_flight -= 1
             metrics().add_gauge("inference_requests_in_flight", -1, model="translator")
             record("translator", protocol, method, code, code == "200", time.monotonic() - started)
 
