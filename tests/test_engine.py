@@ -230,3 +230,60 @@ def test_latency_bounds_are_validated():
     for bad in ({"max_step_slowdown": 0.5}, {"max_queue_wait_s": -1}, {"max_batch": 0}, {"max_queue": -1}):
         with pytest.raises(ValueError):
             EngineOptions(**bad)
+
+
+def test_idle_time_refines_the_calibration_round_by_round(translator, monkeypatch):
+    """A replica starts beside others that are busy starting too; idle moments later add rounds whose best times
+    replace the first measurement's, so the batch limit settles on what a quiet machine measures."""
+    from service import engine as engine_module
+
+    rt, tok = translator
+    monkeypatch.setattr(engine_module, "IDLE_CALIBRATION_S", 0.05)
+    monkeypatch.setattr(engine_module, "IDLE_CALIBRATION_ROUNDS", 3)
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4, max_step_slowdown=1.5)).start()
+    try:
+        first = dict(engine._best)
+        assert engine.calibration_rounds == engine_module.CALIBRATION_ROUNDS and set(first) == {1, 2, 3, 4}
+        wait_until(lambda: engine.calibration_rounds == engine_module.CALIBRATION_ROUNDS + 3)
+        assert all(engine._best[w] <= first[w] for w in first)  # best times only improve
+        assert engine.step_costs == {w: round(t / engine._best[1], 3) for w, t in engine._best.items()}
+        # it still decodes between rounds
+        assert engine.submit(Sequence(ids(tok, "nine"), 4)).future.result(30)
+        engine.options = EngineOptions(max_batch=2, max_step_slowdown=1.5)  # a reconfigure starts over
+        wait_until(lambda: set(engine.step_costs) == {1, 2})
+        assert engine.calibration_rounds >= engine_module.CALIBRATION_ROUNDS
+    finally:
+        engine.stop()
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_live_pace_lowers_the_batch_limit_when_steps_run_slower_than_the_bound(translator):
+    """Calibration times the decoder on a quiet machine; the loop's own step time is what admitted requests get.
+    Steps over the bound × the idle solo pace take a slot away every PACE_EVERY steps; fast full steps give it back."""
+    from service import engine as engine_module
+
+    rt, _ = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=8, max_step_slowdown=1.5))
+    engine.batch_limit = 4
+    for _ in range(engine_module.PACE_EVERY * 4):  # idle: one sequence at a time, 1 ms a step
+        engine.steps += 1
+        engine._pace(0.001, 1)
+    assert engine.solo_step_s == pytest.approx(0.001) and engine.batch_limit == 4
+    for _ in range(engine_module.PACE_EVERY * 3):  # a full batch of 4 at 2 ms a step: 2× the solo pace
+        engine.steps += 1
+        engine._pace(0.002, 4)
+    assert engine.batch_limit < 4 and engine.solo_step_s == pytest.approx(0.001)  # only solo steps set the reference
+    lowered = engine.batch_limit
+    for _ in range(engine_module.PACE_EVERY * 3):  # full batches at 1.1 ms: room to grow
+        engine.steps += 1
+        engine._pace(0.0011, engine.batch_limit)
+    assert engine.batch_limit > lowered
+    engine.options = EngineOptions(max_batch=8)  # no bound: no pacing
+    engine._pace(1.0, 8)
+    assert engine.batch_limit == 8
