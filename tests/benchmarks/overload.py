@@ -52,6 +52,8 @@ class Answer:
     latency: float  # seconds from then to the end of the answer (or to the client giving up)
     status: int  # HTTP status; 0 = no answer (client timeout or connection error)
     retry_after: bool = False
+    lag: float = 0.0  # seconds from when it was due to when the client got to send it (the load generator's delay)
+    refused_by: str = ""  # for a 503: "door" (the ingress's gate), "expected wait", "waited" or "queue" (the model)
 
 
 class Client:
@@ -71,13 +73,24 @@ class Client:
 
     async def send(self, due: float, origin: float) -> Answer:
         """One request; ``due``: its scheduled time (monotonic), latency counts from it."""
+        lag = time.monotonic() - due
         try:
             async with self.session.post(self.url, data=self.body, headers={"content-type": "application/json"}) as r:
-                await r.read()
+                body = await r.read()
                 status, retry = r.status, "Retry-After" in r.headers
         except Exception:  # a client timeout or a dropped connection: an answer that never came
-            status, retry = 0, False
-        return Answer(due - origin, time.monotonic() - due, status, retry)
+            status, retry, body = 0, False, b""
+        return Answer(due - origin, time.monotonic() - due, status, retry, lag, refused_by(body) if status == 503 else "")
+
+
+def refused_by(body: bytes) -> str:
+    """Which part of the service said no, from the 503's message (service.ingress.shed, service.engine.submit)."""
+    text = body.decode(errors="replace")
+    for marker, where in (("no free slot expected", "door"), ("as many as it took lately", "door"), ("would wait about", "expected wait"),
+                          ("waited over", "waited"), ("queue full", "queue"), ("already waiting", "queue")):
+        if marker in text:
+            return where
+    return "other"
 
 
 async def idle(client: Client, n: int) -> list[Answer]:
@@ -129,7 +142,11 @@ def summarize(answers: list[Answer]) -> dict:
             "admitted_p50_ms": pct(ok, 50) * 1e3, "admitted_p99_ms": pct(ok, 99) * 1e3,
             "refused_p50_ms": pct(refused, 50) * 1e3, "refused_p99_ms": pct(refused, 99) * 1e3,
             "refused_max_ms": max(refused, default=float("nan")) * 1e3,
-            "refused_without_retry_after": sum(a.status == 503 and not a.retry_after for a in answers)}
+            "refused_without_retry_after": sum(a.status == 503 and not a.retry_after for a in answers),
+            "client_lag_p50_ms": pct([a.lag for a in answers], 50) * 1e3, "client_lag_p99_ms": pct([a.lag for a in answers], 99) * 1e3,
+            "refused_by": {where: {"n": len(ms), "p50_ms": pct(ms, 50) * 1e3, "p99_ms": pct(ms, 99) * 1e3}
+                           for where in sorted({a.refused_by for a in answers if a.status == 503})
+                           for ms in [[a.latency for a in answers if a.status == 503 and a.refused_by == where]]}}
 
 
 async def run(url: str, *, tokens: int = 256, concurrency: int = 8, idle_requests: int = 30, capacity_seconds: float = 8,
@@ -225,6 +242,10 @@ def report(result: dict, args, stats: dict | None) -> str:
         f"| — admitted latency | p50 {s['admitted_p50_ms']:.0f} ms, p99 {s['admitted_p99_ms']:.0f} ms "
         f"({s['admitted_p99_ms'] / result['idle_p99_ms']:.2f}× idle p99) |",
         f"| — refusal latency | p50 {s['refused_p50_ms']:.1f} ms, p99 {s['refused_p99_ms']:.1f} ms, max {s['refused_max_ms']:.1f} ms |",
+        "| — refused by | " + ", ".join(f"{w}: {v['n']} (p50 {v['p50_ms']:.0f} ms, p99 {v['p99_ms']:.0f} ms)"
+                                          for w, v in s.get("refused_by", {}).items()) + " |",
+        f"| — load generator's own delay in sending | p50 {s['client_lag_p50_ms']:.1f} ms, p99 {s['client_lag_p99_ms']:.1f} ms "
+        "(counted in every latency above: it shares the CPUs) |",
         f"| recovery (closed loop again) | {result['recovered_per_s']:.1f} translations/s ({result['recovery_ratio']:.2f}× before) |",
     ]
     if stats:
