@@ -26,6 +26,8 @@ Admission (what keeps latency bounded under overload, RELIABILITY.md):
   beside others that are loading and calibrating too, which skews that first measurement (here it chose 2 to 6
   from start to start, 4 every time in a quiet process); so whenever the loop has been idle for
   ``IDLE_CALIBRATION_S`` it times one more round, keeping each width's best time, up to ``IDLE_CALIBRATION_ROUNDS``.
+  While running, the loop also paces the limit by its own step time against its idle pace (``_pace``): the same
+  batch can run far slower under overload than a quiet calibration predicts.
 * ``max_queue_wait_s``: a request is refused at once (``QueueFull``) when the sequences ahead of it would keep it
   waiting longer than this at the rate sequences have recently been leaving the batch, and a sequence still
   waiting after this long is refused then. Either way the caller hears within about this long, and what is
