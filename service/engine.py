@@ -140,7 +140,7 @@ class DecodeEngine:
         self.solo_step_s: float | None = None  # their median: the idle pace (``_pace``)
         self._refused_at = -float("inf")  # when this engine last refused a request as busy
         self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
-        self.batch_limit = options.max_batch  # max_batch, or less where max_step_slowdown says so (calibration, _pace)
+        self.batch_limit = options.max_batch  # max_batch, or less where max_step_slowdown says so (calibrate)
         self.step_costs: dict[int, float] = {}  # batch width → step time relative to one sequence (last calibration)
         self._calibrated_for: tuple | None = None
         self._best: dict[int, float] = {}  # width → fastest step seen (seconds), for the current calibration
@@ -512,6 +512,11 @@ class DecodeEngine:
                 return  # the options changed while it ran (a reconfigure): the next call measures for the new ones
             self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
             self._best, self.calibration_rounds = best, rounds
+
+    def calibrate(self, rounds: int = CALIBRATION_ROUNDS) -> dict[int, float]:
+        """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``."""
+        best = self._time_steps(rounds, {})
+        return {b: round(t / best[1], 3) for b, t in best.items()}
 
     def _time_steps(self, rounds: int, best: dict[int, float]) -> dict[int, float]:
         """The fastest decoder step (seconds) at each batch width up to ``max_batch``, in ``rounds`` more rounds on
