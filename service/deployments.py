@@ -174,9 +174,6 @@ class _Generator:
                 "max_step_slowdown": options.max_step_slowdown,
                 "max_queue_wait_ms": None if options.max_queue_wait_s is None else options.max_queue_wait_s * 1000,
                 "batch_limit": self.engine.batch_limit, "step_costs": self.engine.step_costs,
-                "calibration_rounds": self.engine.calibration_rounds,
-                "step_ms": None if self.engine.pace_s is None else round(self.engine.pace_s * 1e3, 3),
-                "solo_step_ms": None if self.engine.solo_step_s is None else round(self.engine.solo_step_s * 1e3, 3),
                 "active": active, "waiting": waiting,
                 "finished": dict(self.engine.finished), "beams_running": self.beams_running}
 

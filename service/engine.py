@@ -22,12 +22,7 @@ Admission (what keeps latency bounded under overload, RELIABILITY.md):
 * ``max_step_slowdown``: a step of B sequences costs more than a step of one (much more on a CPU than on a GPU),
   and a request's latency is its steps × the step time. At start the engine times decoder steps at several batch
   widths on dummy inputs and caps the batch at the widest whose step costs at most this many times a one-sequence
-  step (``batch_limit``; on a GPU usually ``max_batch`` itself, on a small CPU a few sequences). A replica starts
-  beside others that are loading and calibrating too, which skews that first measurement (here it chose 2 to 6
-  from start to start, 4 every time in a quiet process); so whenever the loop has been idle for
-  ``IDLE_CALIBRATION_S`` it times one more round, keeping each width's best time, up to ``IDLE_CALIBRATION_ROUNDS``.
-  While running, the loop also paces the limit by its own step time against its idle pace (``_pace``): the same
-  batch can run far slower under overload than a quiet calibration predicts.
+  step (``batch_limit``; on a GPU usually ``max_batch`` itself, on a small CPU a few sequences).
 * ``max_queue_wait_s``: a request is refused at once (``QueueFull``) when the sequences ahead of it would keep it
   waiting longer than this at the rate sequences have recently been leaving the batch, and a sequence still
   waiting after this long is refused then. Either way the caller hears within about this long, and what is
@@ -76,12 +71,6 @@ class EngineOptions:
 
 
 RATE_WINDOW_S = 2.0  # departures older than this do not count towards the rate expected_wait uses
-CALIBRATION_ROUNDS = 15  # rounds timed at start and after a reconfigure, before the loop takes requests
-IDLE_CALIBRATION_S = 1.0  # idle this long, the loop refines the calibration by one round (~35 ms here)
-IDLE_CALIBRATION_ROUNDS = 30  # rounds added that way after each (re)calibration
-PACE_ALPHA = 0.05  # weight of the newest step in the loop's moving-average step time (~20 steps)
-PACE_EVERY = 32  # steps between two adjustments of the batch limit by its live pace
-PACE_HEADROOM = 0.8  # the limit grows only while the pace is under this × the bound
 
 
 class QueueFull(RuntimeError):
@@ -134,18 +123,10 @@ class DecodeEngine:
         self.running = False
         self.thread: threading.Thread | None = None
         self.steps = 0
-        self.pace_s: float | None = None  # moving average of the loop's step time (seconds)
-        self._solo_steps = 0  # consecutive steps of one sequence
-        self._solo: deque[float] = deque(maxlen=256)  # solo paces sampled while nothing was refused
-        self.solo_step_s: float | None = None  # their median: the idle pace (``_pace``)
-        self._refused_at = -float("inf")  # when this engine last refused a request as busy
         self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
         self.batch_limit = options.max_batch  # max_batch, or less where max_step_slowdown says so (calibrate)
         self.step_costs: dict[int, float] = {}  # batch width → step time relative to one sequence (last calibration)
         self._calibrated_for: tuple | None = None
-        self._best: dict[int, float] = {}  # width → fastest step seen (seconds), for the current calibration
-        self.calibration_rounds = 0  # rounds behind step_costs (CALIBRATION_ROUNDS, then one per idle refinement)
-        self._busy_at = time.monotonic()  # when the loop last had work
         self._left: deque[float] = deque(maxlen=64)  # when admitted sequences last left the batch
         self._reset_batch()
 
@@ -160,7 +141,6 @@ class DecodeEngine:
             self._options = options
             if options.max_step_slowdown is None:
                 self.batch_limit, self._calibrated_for, self.step_costs = options.max_batch, None, {}
-                self._best, self.calibration_rounds = {}, 0
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -176,7 +156,6 @@ class DecodeEngine:
             bound = self.options.max_queue_wait_s
             if bound is not None and (wait := self.expected_wait()) > bound:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="expected_wait")
-                self._refused_at = time.monotonic()
                 raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a slot in the batch (bound {bound * 1e3:.0f} ms)",
                                 "expected_wait")
             for seq in seqs:  # one request's sequences wait, and are refused for waiting, together
@@ -238,16 +217,11 @@ class DecodeEngine:
         while True:
             self._calibrate_if_needed()  # after start or a reconfigure: between steps, never during one
             with self.lock:
-                idle = not self.active and not self.waiting
-                if self.running and idle and not self._refine_due():
+                if self.running and not self.active and not self.waiting:
                     self.lock.wait(self.options.idle_wait_s)
                     continue
                 if not self.running:
                     return
-            if idle:
-                self._refine()
-                continue
-            self._busy_at = time.monotonic()
             try:
                 self.step()
             except Exception as error:  # a failing step fails its sequences, never the loop
@@ -261,40 +235,12 @@ class DecodeEngine:
     def step(self) -> None:
         """schedule → execute → update, once (also callable directly, without the loop thread)."""
         self._calibrate_if_needed()
-        started = time.perf_counter()
         self._schedule()
         if not self.active:
             return
-        width = len(self.active)
         logits = self._execute()
         self._update(logits)
         self.steps += 1
-        self._pace(time.perf_counter() - started, width)
-
-    def _pace(self, seconds: float, width: int) -> None:
-        """The live half of ``max_step_slowdown``: keep the loop's own step time (admissions, bookkeeping and
-        whatever else the machine is doing included) within the bound × its step time when it decodes one sequence
-        alone. Calibration times the decoder on a quiet machine; under overload the same batch can run far slower
-        than that predicts (measured here: at a batch of 6, calibrated 1.4×, admitted requests took 3.7× their
-        idle time). The reference is the median solo pace sampled while the engine refused nothing (so not under
-        overload, whose contention would raise it). Every ``PACE_EVERY`` steps the limit goes down one while the pace is over the bound, and up
-        one (to ``max_batch``) while the batch is full and the pace well under it."""
-        bound = self.options.max_step_slowdown
-        if bound is None:
-            return
-        self.pace_s = seconds if self.pace_s is None else self.pace_s + PACE_ALPHA * (seconds - self.pace_s)
-        self._solo_steps = self._solo_steps + 1 if width == 1 else 0
-        if self._solo_steps % PACE_EVERY == 0 and self._solo_steps and time.monotonic() - self._refused_at > RATE_WINDOW_S:
-            self._solo.append(self.pace_s)  # a solo pace while nothing is being refused: the idle pace
-            self.solo_step_s = float(np.median(self._solo))
-        if self.steps % PACE_EVERY or self.solo_step_s is None:
-            return
-        ratio = self.pace_s / self.solo_step_s
-        with self.lock:
-            if ratio > bound and self.batch_limit > 1:
-                self.batch_limit -= 1
-            elif ratio < bound * PACE_HEADROOM and width >= self.batch_limit and self.batch_limit < self.options.max_batch:
-                self.batch_limit += 1
 
     def _schedule(self) -> None:
         now = time.monotonic()
@@ -340,7 +286,6 @@ class DecodeEngine:
         for seq in self.waiting:
             leader = seq.leader or seq
             if seq.submitted_at < cutoff and leader.admitted_at_step is None:
-                self._refused_at = time.monotonic()
                 if seq is leader:
                     self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_timeout")
                 self._finish(seq, "rejected")
@@ -486,22 +431,7 @@ class DecodeEngine:
         key = (self.options.max_step_slowdown, self.options.max_batch)
         if key[0] is None or key == self._calibrated_for:
             return
-        self._apply(key, self._time_steps(CALIBRATION_ROUNDS, {}), CALIBRATION_ROUNDS)
-
-    def _refine_due(self) -> bool:
-        """Idle long enough for another calibration round, and rounds left to add (holds the lock)."""
-        return (self._calibrated_for is not None and self.calibration_rounds < CALIBRATION_ROUNDS + IDLE_CALIBRATION_ROUNDS
-                and time.monotonic() - self._busy_at >= IDLE_CALIBRATION_S)
-
-    def _refine(self) -> None:
-        """One more round on top of the best times so far: each width's time only ever improves, towards what it
-        costs on a quiet machine."""
-        key = self._calibrated_for
-        if key is not None:
-            self._apply(key, self._time_steps(1, dict(self._best)), self.calibration_rounds + 1)
-
-    def _apply(self, key: tuple, best: dict[int, float], rounds: int) -> None:
-        costs = {b: round(t / best[1], 3) for b, t in best.items()}
+        costs = self.calibrate()
         limit = 1
         for width, cost in sorted(costs.items()):  # the widest before the first that costs too much
             if cost > key[0]:
@@ -511,16 +441,9 @@ class DecodeEngine:
             if key != (self.options.max_step_slowdown, self.options.max_batch):
                 return  # the options changed while it ran (a reconfigure): the next call measures for the new ones
             self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
-            self._best, self.calibration_rounds = best, rounds
 
-    def calibrate(self, rounds: int = CALIBRATION_ROUNDS) -> dict[int, float]:
-        """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``."""
-        best = self._time_steps(rounds, {})
-        return {b: round(t / best[1], 3) for b, t in best.items()}
-
-    def _time_steps(self, rounds: int, best: dict[int, float]) -> dict[int, float]:
-        """The fastest decoder step (seconds) at each batch width up to ``max_batch``, in ``rounds`` more rounds on
-        top of ``best`` (what earlier rounds found).
+    def calibrate(self, rounds: int = 15) -> dict[int, float]:
+        """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
 
         Dummy inputs shaped like a mid-length request (cache half the model's positions wide, capped at 128; a
         source of 24 tokens, or one blank image). Widths are timed in interleaved rounds and each keeps its fastest
@@ -547,11 +470,11 @@ class DecodeEngine:
                      for n in kv_names("past_key_values", self.layers))
             f.update(zip(kv_names("cross", self.layers), (np.repeat(a, b, axis=0) for a in cross)))
             feeds[b] = f
-        best = {b: best.get(b, float("inf")) for b in widths}
+        best = dict.fromkeys(widths, float("inf"))
         for _ in range(rounds):
             for b in widths:
                 self.rt.decoder.run(None, feeds[b])  # warm: first use of a shape plans its kernels
                 started = time.perf_counter()
                 self.rt.decoder.run(None, feeds[b])
                 best[b] = min(best[b], time.perf_counter() - started)
-        return best
+        return {b: round(best[b] / best[1], 3) for b in widths}

@@ -99,19 +99,15 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
 
     Asserted here: nothing hangs, every answer is a 200 or a 503 with Retry-After, refusals come back quickly, the
     admitted requests' p99 stays within a small multiple of the idle p99, and the capacity comes back. The multiple
-    is 8×, not the goal's 2×: the benchmark script measures the goal (1.5× and 1.85× in its runs with the live
-    pacing, 1.6× to 5× before it), but this 8-second version on a shared 2-CPU CI machine is noisier; without the
-    latency bounds it is ~60×, so this still fails if admission control stops working.
+    is 8×, not the goal's 2×: measured here between 1.6× and 5× from run to run (RELIABILITY.md: why, on two
+    CPUs); without the latency bounds it is ~60×, so this still fails if admission control stops working.
     """
     import asyncio
 
     from tests.benchmarks.overload import run
 
-    from service.engine import CALIBRATION_ROUNDS, IDLE_CALIBRATION_ROUNDS
-
-    settled = lambda st: (st["max_queue_wait_ms"] is not None and st["step_costs"]
-                          and st["calibration_rounds"] >= CALIBRATION_ROUNDS + IDLE_CALIBRATION_ROUNDS and st["batch_limit"])
-    limit = wait_for(lambda: settled(stats("Translator")), 60, "the translator to calibrate its batch limit")
+    limit = wait_for(lambda: (lambda st: st["max_queue_wait_ms"] is not None and st["step_costs"] and st["batch_limit"])(
+        stats("Translator")), 30, "the translator to calibrate its batch limit")
     result = asyncio.run(run(url, tokens=256, concurrency=8, idle_requests=20, capacity_seconds=5, overload_seconds=8,
                              factor=10, timeout_s=10))
     s = result["overload"]
