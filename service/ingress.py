@@ -109,7 +109,8 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 # on success, reset to what was in flight on a "busy" refusal, as TCP's congestion window or Envoy's adaptive
 # concurrency filter do). The model still decides: the door only refuses what the model would have refused.
 GATE_MAX_S = 0.05  # closed this long after a refusal with nothing of this replica's in flight (other replicas filled it)
-LIMIT_TTL_S = 5.0  # a learned limit is forgotten this long after the model last refused as busy
+LIMIT_TTL_S = 1.0  # a learned limit is forgotten this long after the model last refused as busy (a burst a
+# second later, perhaps after a reconfigure, is not held to what an earlier overload left)
 
 
 class Door:
