@@ -1,7 +1,6 @@
 """`make run`'s entry point: starts, serves, and stops cleanly on Ctrl-C."""
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -10,19 +9,9 @@ from pathlib import Path
 
 import requests
 
-from tests.servicekit import child_env
+from tests.servicekit import child_env, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_make_run_serves_and_stops_cleanly_on_ctrl_c(repo):

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import requests
 import yaml
 
 from service import config as serve_config
-from tests.servicekit import child_env
+from tests.servicekit import child_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,12 +64,6 @@ def test_the_builder_takes_the_files_args():
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, {"repository": "/models"}), Application)
     with pytest.raises(Exception, match="repositry"):
         call_user_app_builder_with_args_if_necessary(build_app, {"repositry": "/models"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_serve_run_deploys_the_file(repo, tmp_path):
