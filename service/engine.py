@@ -117,6 +117,7 @@ class DecodeEngine:
         special = runtime.config["special_tokens"]
         self.bos, self.eos, self.pad = special["bos"], special["eos"], special["pad"]
         self.layers = runtime.layers
+        self._past_names, self._cross_names = kv_names("past_key_values", self.layers), kv_names("cross", self.layers)
         self.text_source = runtime.config.get("encoder", {}).get("input", "input_ids") == "input_ids"
         self.waiting: deque[Sequence] = deque()
         self.lock = threading.Condition()
@@ -376,20 +377,22 @@ class DecodeEngine:
 
     def _execute(self) -> np.ndarray:
         b = len(self.active)
+        # the new token's column, valid for every live row: this step's mask, and the cache's columns after it
+        self_mask = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)
         feeds = {
             "input_ids": self.last[:, None],
             "position_ids": self.valid.sum(axis=1, keepdims=True).astype(np.int64),  # each row's own length
-            "self_mask": np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1),
+            "self_mask": self_mask,
             "cross_mask": self.cross_mask,
         }
-        feeds.update(zip(kv_names("past_key_values", self.layers), self.past))
-        feeds.update(zip(kv_names("cross", self.layers), self.cross))
+        feeds.update(zip(self._past_names, self.past))
+        feeds.update(zip(self._cross_names, self.cross))
         started = time.monotonic()
         outputs = self.rt.decoder.run(None, feeds)
         self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="decoder_step")
         self.metrics.observe("inference_batch_size", b, model=self.model, stage="decoder_step")
         self.past = outputs[1:]  # present.*: one more column, valid for every live row
-        self.valid = np.concatenate([self.valid, np.ones((b, 1), dtype=bool)], axis=1)
+        self.valid = self_mask
         return outputs[0]
 
     def _update(self, logits: np.ndarray) -> None:
@@ -442,12 +445,13 @@ class DecodeEngine:
                 return  # the options changed while it ran (a reconfigure): the next call measures for the new ones
             self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
 
-    def calibrate(self, rounds: int = 15) -> dict[int, float]:
+    def calibrate(self, rounds: int = 30) -> dict[int, float]:
         """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
 
         Dummy inputs shaped like a mid-length request (cache half the model's positions wide, capped at 128; a
         source of 24 tokens, or one blank image). Widths are timed in interleaved rounds and each keeps its fastest
-        time, so a burst of work elsewhere on the machine does not count against one width.
+        time, so a burst of work elsewhere on the machine does not count against one width (30 rounds: about 1 s on a
+        2-CPU machine, where 15 let the chosen cap wander from 2 to 6 between starts).
         """
         cfg = self.rt.config
         heads, head_dim = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"]
@@ -477,4 +481,8 @@ class DecodeEngine:
                 started = time.perf_counter()
                 self.rt.decoder.run(None, feeds[b])
                 best[b] = min(best[b], time.perf_counter() - started)
-        return {b: round(best[b] / best[1], 3) for b in widths}
+        # The base is the fastest step of any width, not width 1's own: a step of one sequence costs no more than a
+        # wider one, so a width-1 time above another's is noise (a sub-millisecond step caught by a neighbour), and
+        # dividing by it would make every width look cheaper than it is and widen the batch past the bound.
+        base = min(best.values())
+        return {b: round(best[b] / base, 3) for b in widths}
