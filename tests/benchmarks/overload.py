@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10, help="client timeout in seconds (default 10)")
     parser.add_argument("--bounds", choices=("on", "off"), default="on",
                         help="the translator's latency bounds as the serve config has them (on), or turned off (off)")
+    parser.add_argument("--slowdown", type=float, default=None,
+                        help="the translator's max_step_slowdown for this run instead of the serve config's")
     parser.add_argument("--recovery", type=float, default=0.9, help="recovered/initial capacity needed (default 0.9)")
     parser.add_argument("--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "benchmarks" / "results")
@@ -309,18 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{http}"
         env = dict(os.environ) | {"MODEL_REPOSITORY": str(repository), "SERVE_HTTP_PORT": str(http),
                                   "SERVE_GRPC_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-        if args.bounds == "off":  # the serve config with the generators' latency bounds turned off
+        if args.bounds == "off" or args.slowdown is not None:  # the serve config, changed for this run
             import yaml
 
             from service import config as serve_config
 
             config = serve_config.load()
             for name in ("Translator", "Captioner"):
-                for key in ("max_step_slowdown", "max_queue_wait_ms"):
-                    serve_config.deployment(config, name).get("user_config", {}).pop(key, None)
-            off = Path(tempfile.mkdtemp()) / "serve_config.yaml"
-            off.write_text(yaml.safe_dump(config))
-            env["SERVE_CONFIG"] = str(off)
+                user_config = serve_config.deployment(config, name).setdefault("user_config", {})
+                if args.bounds == "off":
+                    for key in ("max_step_slowdown", "max_queue_wait_ms"):
+                        user_config.pop(key, None)
+                elif name == "Translator":
+                    user_config["max_step_slowdown"] = args.slowdown
+            changed = Path(tempfile.mkdtemp()) / "serve_config.yaml"
+            changed.write_text(yaml.safe_dump(config))
+            env["SERVE_CONFIG"] = str(changed)
 
         def ready() -> bool:
             try:
