@@ -475,8 +475,8 @@ class DecodeEngine:
                  "self_mask": np.ones((b, width + 1), dtype=bool),
                  "cross_mask": np.repeat(cross_mask, b, axis=0)}
             f.update((n, rng.standard_normal((b, heads, width, head_dim)).astype(self.rt.float_type))
-                     for n in kv_names("past_key_values", self.layers))
-            f.update(zip(kv_names("cross", self.layers), (np.repeat(a, b, axis=0) for a in cross)))
+                     for n in self._past_names)
+            f.update(zip(self._cross_names, (np.repeat(a, b, axis=0) for a in cross)))
             feeds[b] = f
         ratios: dict[int, list[float]] = {b: [] for b in widths}
         for _ in range(rounds):
