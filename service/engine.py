@@ -121,6 +121,7 @@ class DecodeEngine:
         self.text_source = runtime.config.get("encoder", {}).get("input", "input_ids") == "input_ids"
         self.waiting: deque[Sequence] = deque()
         self.lock = threading.Condition()
+        self._calibration_done = threading.Condition(self.lock)  # configure() waits on it; the loop notifies
         self.running = False
         self.thread: threading.Thread | None = None
         self.steps = 0
@@ -142,6 +143,23 @@ class DecodeEngine:
             self._options = options
             if options.max_step_slowdown is None:
                 self.batch_limit, self._calibrated_for, self.step_costs = options.max_batch, None, {}
+            self.lock.notify()  # an idle loop applies them now, not after its idle wait
+
+    def configure(self, options: EngineOptions, timeout: float | None = None) -> bool:
+        """Set ``options`` and return once they are in force: a new slowdown bound or batch is calibrated (by the loop
+        thread, between steps) before this returns, so a replica configured here is not ready, and takes no request,
+        while it still measures. False if ``timeout`` seconds passed first, or the options were replaced meanwhile."""
+        self.options = options
+        key = (options.max_step_slowdown, options.max_batch)
+        if key[0] is None:
+            return True
+        if self.thread is None:  # not started: measure here
+            self._calibrate_if_needed()
+            return self._calibrated_for == key
+        with self.lock:
+            return self._calibration_done.wait_for(
+                lambda: self._calibrated_for == key or self._options is not options or not self.running, timeout) \
+                and self._calibrated_for == key
 
     # ----------------------------------------------------------------------------------- public API
 
@@ -444,6 +462,7 @@ class DecodeEngine:
             if key != (self.options.max_step_slowdown, self.options.max_batch):
                 return  # the options changed while it ran (a reconfigure): the next call measures for the new ones
             self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
+            self._calibration_done.notify_all()
 
     def calibrate(self, rounds: int = 30) -> dict[int, float]:
         """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.

@@ -183,6 +183,26 @@ def test_calibration_caps_the_batch_where_a_step_costs_too_much(translator):
     assert engine.batch_limit == 4 and set(engine.step_costs) == {1, 2, 3, 4}
 
 
+def test_configure_returns_once_the_running_loop_has_calibrated(translator):
+    # What a replica's reconfigure relies on: when configure returns, the cap is known, so no request that arrives
+    # after the replica reports ready waits behind a calibration.
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4)).start()
+    try:
+        assert engine.step_costs == {} and engine.batch_limit == 4
+        assert engine.configure(EngineOptions(max_batch=4, max_step_slowdown=1e9))
+        assert set(engine.step_costs) == {1, 2, 3, 4} and engine.batch_limit == 4
+        assert engine.configure(EngineOptions(max_batch=2, max_step_slowdown=1e9))
+        assert set(engine.step_costs) == {1, 2} and engine.batch_limit == 2
+        assert engine.configure(EngineOptions(max_batch=3))  # no bound: nothing to measure
+        assert engine.batch_limit == 3 and engine.step_costs == {}
+        assert not engine.configure(EngineOptions(max_batch=4, max_step_slowdown=1e9), timeout=0.0)  # not yet
+        seq = engine.submit(Sequence(ids(tok, "one two three"), 8))
+        assert len(seq.future.result(timeout=30)) <= 8  # and the loop decodes as before
+    finally:
+        engine.stop()
+
+
 def test_the_batch_never_grows_past_its_limit(translator):
     rt, tok = translator
     engine = DecodeEngine(rt, EngineOptions(max_batch=8))

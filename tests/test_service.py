@@ -25,6 +25,12 @@ def test_health(url):
     r = requests.get(url + "/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
     assert "/v1/translate" in requests.get(url + "/openapi.json").json()["paths"]
+    # Ready means the decoders have already timed their steps and capped their batches (reconfigure waits for it):
+    # no request that arrives after /readyz says ready waits behind a calibration.
+    for name in ("Translator", "Captioner"):
+        st = stats(name)
+        assert st["max_step_slowdown"] == 1.5 and set(st["step_costs"]) >= {1, 2}, st
+        assert 1 <= st["batch_limit"] <= st["max_batch_size"], st
 
 
 def test_translate_equals_the_offline_engine(url, repo):
