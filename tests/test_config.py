@@ -74,13 +74,21 @@ def test_ray_serve_run_deploys_the_file(repo, tmp_path):
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     serve = Path(sys.executable).parent / "serve"
-    env = child_env(RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # HAProxy's files and side ports of its own (Ray's defaults are one fixed directory and ports 8404/9101), so that
+    # the cleanup below can find its HAProxy by that directory. After one CI run whose `serve run` took 60 s to stop
+    # (and was killed), its HAProxy was still running, orphaned, holding 8404/9101: HAProxy is not in the group killed.
+    haproxy = serve_config.serve_environment(f"r{port}")  # short: HAProxy caps socket paths at 97 characters
+    # With the HAProxy ingress, Serve drains an ingress replica for at least 30 s at shutdown (for load balancers to
+    # notice); nothing here needs that, and it made the stop take 33 s of this test.
+    env = child_env(RAY_USAGE_STATS_ENABLED="0", RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="1", **haproxy)
+    log = tmp_path / "serve_run.log"  # a file, not a pipe that nobody reads while it runs (64 KiB, then it blocks)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=out, start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             try:
                 if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
@@ -95,6 +103,12 @@ def test_ray_serve_run_deploys_the_file(repo, tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=60)
+            killed = False
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            killed = True
+        time.sleep(1)
+        leftover = subprocess.run(["pkill", "-f", haproxy["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]]).returncode == 0
+    # A clean stop (Ctrl-C) leaves nothing behind; after a kill, the HAProxy it left was stopped above.
+    assert killed or not leftover, "serve run stopped cleanly but left its HAProxy running"
