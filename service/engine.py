@@ -210,6 +210,7 @@ class DecodeEngine:
         with self.lock:
             self.running = False
             self.lock.notify()
+            self._calibration_done.notify_all()  # a configure() waiting for the loop gives up
         if self.thread:
             self.thread.join()
         for seq in list(self.active) + list(self.waiting):

@@ -201,6 +201,7 @@ def test_configure_returns_once_the_running_loop_has_calibrated(translator):
         assert len(seq.future.result(timeout=30)) <= 8  # and the loop decodes as before
     finally:
         engine.stop()
+    assert not engine.configure(EngineOptions(max_batch=2, max_step_slowdown=1e9))  # stopped: returns, unmeasured
 
 
 def test_the_batch_never_grows_past_its_limit(translator):
