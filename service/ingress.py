@@ -108,6 +108,8 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 # itself, before FastAPI parses them: a concurrency limit learned from the model's own refusals (additive increase
 # on success, reset to what was in flight on a "busy" refusal, as TCP's congestion window or Envoy's adaptive
 # concurrency filter do). The model still decides: the door only refuses what the model would have refused.
+READY_TIMEOUT_S = 2.0  # a replica's ready() answers in milliseconds: no answer this soon means it is gone or wedged
+REPLICAS_TTL_S = 1.0  # how old the controller's replica counts may be when a probe uses them
 GATE_MAX_S = 0.05  # closed this long after a refusal with nothing of this replica's in flight (other replicas filled it)
 LIMIT_TTL_S = 1.0  # a learned limit is forgotten this long after the model last refused as busy (a burst a
 # second later, perhaps after a reconfigure, is not held to what an earlier overload left)
@@ -439,6 +441,8 @@ def refused(request, context) -> bool:
 class Ingress:
     def __init__(self, translator: DeploymentHandle, classifier: DeploymentHandle, captioner: DeploymentHandle) -> None:
         self.translator, self.classifier, self.captioner = translator, classifier, captioner
+        self._replicas: tuple[float, dict[str, int]] | None = None  # (when, RUNNING replicas per deployment)
+        self._replicas_task: asyncio.Future | None = None
         for model in oip.MODELS:  # every model's in-flight series exists (at 0) from the start
             metrics().add_gauge("inference_requests_in_flight", 0, model=model)
 
@@ -531,13 +535,38 @@ class Ingress:
         return [oip.Output("caption", "BYTES", [n], [x.encode() for x in result["captions"]])]
 
     async def _model_ready(self, name: str) -> bool:
+        """Ready: Serve's controller counts a RUNNING replica of the model, and a replica answers ``ready`` within
+        READY_TIMEOUT_S. The controller's count shows a replica that died and is being replaced (a probe then answers at
+        once, instead of waiting for the replacement); the call shows one the controller has not yet noticed."""
         handle = {"translator": self.translator, "classifier": self.classifier, "captioner": self.captioner}.get(name)
         if handle is None:
             raise oip.ProtocolError(f"unknown model '{name}'; models: {', '.join(oip.MODELS)}", 404)
+        running = await self._running_replicas()
+        if running is not None and running.get(handle.deployment_name, 0) == 0:
+            return False
         try:
-            return bool(await asyncio.wait_for(handle.ready.remote(), 5.0))
+            return bool(await asyncio.wait_for(handle.ready.remote(), READY_TIMEOUT_S))
         except Exception:  # a replica down or too slow
             return False
+
+    async def _running_replicas(self) -> dict[str, int] | None:
+        """RUNNING replicas per deployment of this application, as Serve's controller sees them, at most
+        REPLICAS_TTL_S old; one fetch at a time however many probes arrive. None when the controller does not
+        answer: the replicas keep serving without it, so readiness then rests on the replicas' own answers."""
+        if self._replicas is not None and time.monotonic() - self._replicas[0] < REPLICAS_TTL_S:
+            return self._replicas[1]
+        if self._replicas_task is None or self._replicas_task.done():
+            self._replicas_task = asyncio.ensure_future(asyncio.to_thread(self._fetch_running_replicas))
+        try:
+            counts = await asyncio.wait_for(asyncio.shield(self._replicas_task), READY_TIMEOUT_S)
+        except Exception:  # the controller is down, restarting or slow
+            return None
+        self._replicas = (time.monotonic(), counts)
+        return counts
+
+    def _fetch_running_replicas(self) -> dict[str, int]:
+        app = serve.status().applications[self.classifier.app_name]  # a blocking call: runs in a thread
+        return {name: d.replica_states.get("RUNNING", 0) for name, d in app.deployments.items()}
 
     @app.get("/v2", tags=["open inference protocol"])
     async def oip_server_metadata(self) -> dict:
@@ -909,13 +938,9 @@ class Ingress:
 
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        try:
-            checks = await asyncio.wait_for(asyncio.gather(
-                self.translator.ready.remote(), self.classifier.ready.remote(), self.captioner.ready.remote()), 5.0)
-        except Exception as e:  # a replica down or too slow: not ready
-            return error(503, "not_ready", f"a model is not answering: {e.__class__.__name__}")
-        ok = dict(zip(("translator", "classifier", "captioner"), checks))
-        return JSONResponse({"ready": all(ok.values()), "models": ok}, status_code=200 if all(ok.values()) else 503)
+        ok = dict(zip(oip.MODELS, await asyncio.gather(*(self._model_ready(m) for m in oip.MODELS))))
+        ready = all(ok.values())
+        return JSONResponse({"ready": ready, "models": ok}, status_code=200 if ready else 503)
 
 
 class AppArgs(BaseModel):

@@ -153,9 +153,11 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
         time.sleep(1.0)
         os.kill(old, signal.SIGKILL)
         killed_at = time.monotonic()
-        saw_outage = False
-        while time.monotonic() - killed_at < 30 and not saw_outage:
-            saw_outage = requests.get(url + "/readyz", timeout=30).status_code == 503
+        outage = None  # /readyz's body while it said not ready
+        while time.monotonic() - killed_at < 30 and outage is None:
+            r = requests.get(url + "/readyz", timeout=30)
+            outage = r.json() if r.status_code == 503 else None
+        outage_seen_after = time.monotonic() - killed_at
         wait_for(lambda: stats("Classifier")["pid"] != old, 90, "a new classifier replica")
         wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz to recover")
         served_before = len(results)
@@ -168,10 +170,12 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
     assert set(codes) <= {200, 503, 504}, codes
     assert all(retry == "1" for code, _, retry in results if code == 503)
     assert max(took for _, took, _ in results) < deadline_s + 1.0, max(took for _, took, _ in results)
-    assert saw_outage, "/readyz never reported the dead replica"
+    assert outage is not None, "/readyz never reported the dead replica"
+    assert outage["models"]["classifier"] is False and outage["models"]["translator"] is True, outage
     after = [code for code, _, _ in results[served_before:]]
     assert after and all(code == 200 for code in after), collections.Counter(after)
-    print(f"killed classifier replica {old}: {dict(codes)} over {len(results)} requests")
+    print(f"killed classifier replica {old}: /readyz said 503 after {outage_seen_after:.1f} s; {dict(codes)} over "
+          f"{len(results)} requests")
 
 
 def test_restarting_the_application_keeps_no_state(service, url):
