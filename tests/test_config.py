@@ -80,7 +80,7 @@ def test_ray_serve_run_deploys_the_file(repo, tmp_path):
     haproxy = serve_config.serve_environment(f"r{port}")  # short: HAProxy caps socket paths at 97 characters
     # With the HAProxy ingress, Serve drains an ingress replica for at least 30 s at shutdown (for load balancers to
     # notice); nothing here needs that, and it made the stop take 33 s of this test.
-    env = child_env(RAY_USAGE_STATS_ENABLED="0", RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="1", **haproxy)
+    env = child_env(RAY_USAGE_STATS_ENABLED="0", **haproxy)  # haproxy: LOCAL_DRAINING too
     log = tmp_path / "serve_run.log"  # a file, not a pipe that nobody reads while it runs (64 KiB, then it blocks)
     with open(log, "w") as out:
         proc = subprocess.Popen([str(serve), "run", str(path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
