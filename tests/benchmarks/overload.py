@@ -292,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             from tests.servicekit import stats as replica_stats
 
             ray.init(address="auto", logging_level="ERROR")
-            return replica_stats("Translator")
+            try:
+                return replica_stats("Translator")
+            finally:  # before the service stops: a driver still connected then left a Ray dashboard agent running
+                ray.shutdown()
         except Exception as e:
             print(f"(no translator stats: {e})")
             return None
