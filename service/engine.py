@@ -187,17 +187,30 @@ class DecodeEngine:
         """Seconds a request arriving now would wait before its first sequence joins the batch: 0 while the batch has
         a free slot for it, else the sequences ahead of it × the recent interval between sequences leaving the batch
         (at least the time since the last one left: a batch that has stopped moving is not about to free a slot).
-        Its own later sequences are not counted: they wait behind its own work, which is its service time."""
-        ahead = len(self.waiting) + 1 - max(0, self.batch_limit - len(self.active))
+        Its own later sequences are not counted: they wait behind its own work, which is its service time.
+
+        Sequences already cancelled or past their deadline are not counted either, waiting or decoding: the loop
+        drops them at its next step. And a slot frees no later than the deadline of the sequence holding it."""
+        now = time.monotonic()
+
+        def gone(seq: Sequence) -> bool:
+            return seq.cancelled or seq.finish_reason is not None or (seq.deadline is not None and now > seq.deadline)
+
+        decoding = [seq for seq in self.active if not gone(seq)]
+        ahead = sum(not gone(seq) for seq in self.waiting) + 1 - max(0, self.batch_limit - len(decoding))
         if ahead <= 0:
             return 0.0
-        left, now = self._left, time.monotonic()
+        left = self._left
         while left and now - left[0] > RATE_WINDOW_S:  # the rate of the last moments, not of an earlier load
             left.popleft()
         if len(left) < 2:
-            return float("inf") if not left else ahead * (now - left[-1])
-        interval = max((left[-1] - left[0]) / (len(left) - 1), now - left[-1])
-        return ahead * interval
+            wait = float("inf") if not left else ahead * (now - left[-1])
+        else:
+            wait = ahead * max((left[-1] - left[0]) / (len(left) - 1), now - left[-1])
+        deadlines = sorted(seq.deadline - now for seq in decoding if seq.deadline is not None)
+        if ahead <= len(deadlines):  # the ahead-th slot to free frees by the ahead-th deadline at the latest
+            wait = min(wait, deadlines[ahead - 1])
+        return wait
 
     def start(self) -> DecodeEngine:
         self._calibrate_if_needed()

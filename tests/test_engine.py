@@ -234,6 +234,35 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once(translator):
     assert [s.finish_reason for s in big] == ["length"] * 3
 
 
+def test_sequences_past_their_deadline_hold_no_place_in_the_wait_estimate(translator):
+    """A request that arrives after the sequences ahead of it ran out of time, but before the loop's next step has
+    dropped them, is not refused for them (CI once refused a request for "1589 ms" of such sequences); and a slot
+    held by a sequence with a deadline frees by that deadline, whatever the recent departures say."""
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.010))
+    expiring = [Sequence(ids(tok, LOOP), 200) for _ in range(3)]
+    for seq in expiring:
+        seq.deadline = time.monotonic() + 0.05
+    engine.submit_all(expiring)
+    engine.step()
+    assert engine.load == (1, 2)
+    with pytest.raises(QueueFull, match="would wait"):  # three live sequences ahead, no departure yet: refused
+        engine.submit(Sequence(ids(tok, "one"), 5))
+    time.sleep(0.06)  # all three are past their deadline; the loop has not stepped since
+    late = engine.submit(Sequence(ids(tok, "one"), 5))
+    run_until_idle(engine)
+    assert [s.finish_reason for s in expiring] == ["deadline"] * 3 and late.finish_reason in {"eos", "length"}
+
+    soon = Sequence(ids(tok, LOOP), 200)
+    soon.deadline = time.monotonic() + 0.005
+    engine.submit(soon)
+    engine.step()
+    assert engine.expected_wait() <= 0.005
+    after = engine.submit(Sequence(ids(tok, "one"), 5))  # the batch is full, but its one slot frees within 5 ms
+    run_until_idle(engine)
+    assert soon.finish_reason == "deadline" and after.finish_reason in {"eos", "length"}
+
+
 def test_a_sequence_left_waiting_past_the_bound_is_refused_then(translator):
     rt, tok = translator
     engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.020))
