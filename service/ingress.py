@@ -557,6 +557,8 @@ class Ingress:
             return self._replicas[1]
         if self._replicas_task is None or self._replicas_task.done():
             self._replicas_task = asyncio.ensure_future(asyncio.to_thread(self._fetch_running_replicas))
+            # a fetch that fails after its probe stopped waiting is still looked at: no "exception never retrieved"
+            self._replicas_task.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             counts = await asyncio.wait_for(asyncio.shield(self._replicas_task), READY_TIMEOUT_S)
         except Exception:  # the controller is down, restarting or slow
