@@ -98,9 +98,11 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
     """Overload: 10× the measured capacity of long translations (tests/benchmarks/overload.py, shortened).
 
     Asserted here: nothing hangs, every answer is a 200 or a 503 with Retry-After, refusals come back quickly, the
-    admitted requests' p99 stays within a small multiple of the idle p99, and the capacity comes back. The multiple
-    is 8×, not the goal's 2×: measured here between 1.6× and 5× from run to run (RELIABILITY.md: why, on two
-    CPUs); without the latency bounds it is ~60×, so this still fails if admission control stops working.
+    admitted requests' p99 stays within a small multiple of the idle p99, and the capacity comes back (the best of up
+    to three 5 s closed-loop windows after the overload reaches 0.8× the one before it; a single window swings by a
+    third on this machine, RELIABILITY.md). The multiple is 8×, not the goal's 2×: measured here between 1.6× and
+    5× from run to run (RELIABILITY.md: why, on two CPUs); without the latency bounds it is ~60×, so this still
+    fails if admission control stops working.
     """
     import asyncio
 
@@ -109,18 +111,19 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
     limit = wait_for(lambda: (lambda st: st["max_queue_wait_ms"] is not None and st["step_costs"] and st["batch_limit"])(
         stats("Translator")), 30, "the translator to calibrate its batch limit")
     result = asyncio.run(run(url, tokens=256, concurrency=8, idle_requests=20, capacity_seconds=5, overload_seconds=8,
-                             factor=10, timeout_s=10))
+                             factor=10, timeout_s=10, recovery_target=0.8, recovery_windows=3))
     s = result["overload"]
     print(f"batch limit {limit}; idle p99 {result['idle_p99_ms']:.0f} ms; capacity {result['capacity_per_s']:.1f}/s; "
           f"{s['statuses']} at {result['offered_per_s']:.0f}/s offered; admitted p50/p99 {s['admitted_p50_ms']:.0f}/"
           f"{s['admitted_p99_ms']:.0f} ms; refused p50/p99/max {s['refused_p50_ms']:.0f}/{s['refused_p99_ms']:.0f}/"
-          f"{s['refused_max_ms']:.0f} ms; recovery {result['recovery_ratio']:.2f}×")
+          f"{s['refused_max_ms']:.0f} ms; recovery {result['recovery_ratio']:.2f}× (windows "
+          f"{', '.join(f'{w:.1f}' for w in result['recovery_windows_per_s'])}/s)")
     assert result["checks"]["every answer 200, or 503 with Retry-After"], s
     assert result["checks"]["no client left waiting (timeouts, dropped connections)"], s
     assert s["statuses"].get("503", 0) > s["statuses"].get("200", 0)  # it really was overloaded, and said so
     assert s["refused_p50_ms"] < 50, s
     assert s["admitted_p99_ms"] < 8 * result["idle_p99_ms"], (s, result["idle_p99_ms"])
-    assert result["recovery_ratio"] > 0.7, result
+    assert result["recovery_ratio"] >= 0.8, {k: v for k, v in result.items() if k != "answers"}
     wait_for(lambda: stats("Translator")["active"] == 0, 10, "the engine to drain")
 
 
