@@ -481,16 +481,25 @@ class DecodeEngine:
     def calibrate(self, rounds: int = 30) -> dict[int, float]:
         """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
 
-        Dummy inputs shaped like a long request, the kind whose latency the bound protects: a cache half the model's
-        positions wide (capped at 128) holding random values, and a source half the encoder's longest (capped at
-        128 tokens), or one blank image. (Zero caches and a 24-token source, used before, made a step of 4 look 1.4×
-        a step of one where real 256-token translations measured 2.1×.) Each round times every width once, back to
+        Dummy inputs shaped like long requests, the kind whose latency the bound protects: ``L`` positions long (the
+        decoder's ``max_len``, at most 256), a source half the encoder's longest (capped at 128 tokens) or one blank
+        image, and random cache values. A width is timed with the cache a full batch of that width carries: the
+        batch keeps every column since its oldest live row began (``_trim_columns``), and rows of a full batch
+        start one after another as others finish, so the oldest is on average ``L·(1 − 1/(2·width))`` in (``L/2``
+        for one sequence, ``3L/4`` for two, ``5L/6`` for three). (Timing every width at ``L/2``, as before, made a
+        step of three look 1.5× a step of one; at the width it really carries it is 1.8×, and the admitted requests
+        of a full batch capped at three took 2.4× their idle time at p50. A step of one costs the same at any
+        cache length up to 256, so the reference does not move.) Each round times every width once, back to
         back, and divides by the round's own one-sequence time; a width's cost is the median over rounds, so a burst
         of work elsewhere on the machine, which slows the widths timed beside it alike, does not move it.
         """
         cfg = self.rt.config
         heads, head_dim = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"]
-        width = max(1, min(128, cfg["decoder"]["max_len"] // 2))
+        positions = max(2, min(256, cfg["decoder"]["max_len"]))  # L
+
+        def cache(b: int) -> int:  # columns a full batch of b staggered rows carries, on average
+            return max(1, min(positions - 1, round(positions * (1 - 1 / (2 * b)))))
+
         rng = np.random.default_rng(0)
         if self.text_source:
             length = max(1, min(128, cfg.get("encoder", {}).get("max_source_tokens", 48) // 2))
@@ -503,6 +512,7 @@ class DecodeEngine:
                         | {self.options.max_batch})
         feeds = {}
         for b in widths:
+            width = cache(b)
             f = {"input_ids": np.full((b, 1), self.bos, dtype=np.int64),
                  "position_ids": np.full((b, 1), width, dtype=np.int64),
                  "self_mask": np.ones((b, width + 1), dtype=bool),
