@@ -165,29 +165,35 @@ async def run(url: str, *, tokens: int = 256, concurrency: int = 8, idle_request
         quiet = await idle(client, idle_requests)
         idle_ms = [a.latency * 1e3 for a in quiet if a.status == 200]
         progress(f"idle: p50 {pct(idle_ms, 50):.0f} ms, p99 {pct(idle_ms, 99):.0f} ms")
+        phases = {"capacity": [time.monotonic()]}
         before = await closed_loop(client, concurrency, capacity_seconds)
+        phases["capacity"].append(time.monotonic())
         capacity = throughput(before, capacity_seconds)
         progress(f"capacity: {capacity:.1f} translations/s ({concurrency} clients, {capacity_seconds:.0f} s)")
         rate = factor * capacity
         progress(f"overload: {rate:.0f} requests/s offered for {overload_seconds:.0f} s")
+        phases["overload"] = [time.monotonic()]
         over = await open_loop(client, rate, overload_seconds)
+        phases["overload"].append(time.monotonic())
         await asyncio.sleep(1.0)  # what was admitted drains
         windows: list[float] = []  # closed-loop throughput after the overload, window by window
+        phases["recovery"] = [time.monotonic()]
         while len(windows) < recovery_windows:
             windows.append(throughput(await closed_loop(client, concurrency, capacity_seconds), capacity_seconds))
             progress(f"recovery: {windows[-1]:.1f} translations/s ({windows[-1] / capacity:.2f}× before)")
             if windows[-1] >= recovery_target * capacity:
                 break
+        phases["recovery"].append(time.monotonic())
         recovered = max(windows)
     s = summarize(over)
     result = {
         "tokens": tokens, "factor": factor, "overload_seconds": overload_seconds,
         "idle_requests": len(quiet), "idle_p50_ms": pct(idle_ms, 50), "idle_p99_ms": pct(idle_ms, 99),
         "idle_statuses": summarize(quiet)["statuses"],
-        "capacity_per_s": capacity, "offered_per_s": rate, "overload": s,
+        "capacity_per_s": capacity, "offered_per_s": rate, "overload": s, "capacity_phase": summarize(before),
         "admitted_per_s": s["statuses"].get("200", 0) / overload_seconds,
         "recovered_per_s": recovered, "recovery_ratio": recovered / capacity if capacity else float("nan"),
-        "recovery_windows_per_s": windows,
+        "recovery_windows_per_s": windows, "phases": phases,
         "answers": [asdict(a) for a in over],
     }
     result["checks"] = {
@@ -204,6 +210,79 @@ def recovery_check(result: dict, ratio: float) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- by hand
+
+
+class CpuSampler:
+    """CPU time of every process on this machine (Linux ``/proc``), sampled once a second, to say afterwards where
+    each phase's CPU went: the model, the front-end, Ray's own processes, or the load generator (whose share
+    includes this sampler's: about 1 % of a CPU)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        import threading
+
+        self.every_s, self.samples = every_s, []  # (monotonic, {pid: (cpu seconds, label)})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.is_set():
+            snap = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+                except (OSError, ValueError):
+                    continue  # gone, or a kernel thread
+                snap[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, self.label(int(pid), argv))
+            self.samples.append((time.monotonic(), snap))
+            self._stop.wait(self.every_s)
+
+    @staticmethod
+    def label(pid: int, argv: list[str]) -> str:
+        if pid == os.getpid():
+            return "load generator (this script)"
+        if argv[0].startswith("ray::"):
+            return argv[0].split()[0].split(".")[0].replace("ServeReplica:inference:", "replica ")  # not the method it runs
+        name = Path(argv[0]).name
+        return " ".join([name, *argv[1:3]]) if name.startswith("python") else name or "?"
+
+    def cpus(self, start: float, end: float) -> dict[str, float]:
+        """CPUs (CPU seconds per second) used by each kind of process between two monotonic times."""
+        if not self.samples:
+            return {}
+        a = min(self.samples, key=lambda x: abs(x[0] - start))
+        b = min(self.samples, key=lambda x: abs(x[0] - end))
+        if b[0] <= a[0]:
+            return {}
+        used: dict[str, float] = {}
+        for pid, (cpu, label) in b[1].items():
+            used[label] = used.get(label, 0.0) + (cpu - a[1].get(pid, (0.0, label))[0]) / (b[0] - a[0])
+        return dict(sorted(((k, v) for k, v in used.items() if v > 0.002), key=lambda kv: -kv[1]))
+
+
+def cpu_table(result: dict) -> list[str]:
+    """Markdown: CPUs per process kind in each phase (result["cpus"])."""
+    cpus = result.get("cpus") or {}
+    if not any(cpus.values()):
+        return []
+    phases = list(cpus)
+    top = sorted({k for c in cpus.values() for k in list(c)[:8]}, key=lambda k: -max(c.get(k, 0) for c in cpus.values()))
+    lines = ["", f"Where the CPU went (CPUs in use, of {os.cpu_count()}; from /proc):", "",
+             "| process | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+    for k in top:
+        lines.append(f"| {k} | " + " | ".join(f"{cpus[p].get(k, 0):.2f}" for p in phases) + " |")
+    lines.append("| **all processes** | " + " | ".join(f"**{sum(cpus[p].values()):.2f}**" for p in phases) + " |")
+    return lines
 
 
 def plot(result: dict, path: Path) -> None:
@@ -239,7 +318,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def report(result: dict, args, stats: dict | None) -> str:
-    s = result["overload"]
+    s, c = result["overload"], result["capacity_phase"]
     lines = [
         f"# Overload at about {result['factor']:g}× capacity (latency bounds {args.bounds})", "",
         f"Command: `python tests/benchmarks/overload.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
@@ -248,7 +327,9 @@ def report(result: dict, args, stats: dict | None) -> str:
         f"client timeout {args.timeout:g} s.", "",
         "| phase | measured |", "|---|---|",
         f"| idle ({result['idle_requests']} requests, one at a time) | p50 {result['idle_p50_ms']:.0f} ms, p99 {result['idle_p99_ms']:.0f} ms |",
-        f"| capacity (closed loop, {args.concurrency} clients, {args.capacity_seconds:g} s) | {result['capacity_per_s']:.1f} translations/s |",
+        f"| capacity (closed loop, {args.concurrency} clients, {args.capacity_seconds:g} s) | {result['capacity_per_s']:.1f} translations/s; "
+        f"latency of its translations p50 {c['admitted_p50_ms']:.0f} ms, p99 {c['admitted_p99_ms']:.0f} ms "
+        f"({c['admitted_p99_ms'] / result['idle_p99_ms']:.2f}× idle p99: the batch at full load, before any overload) |",
         f"| overload (Poisson, {result['factor']:g}×, {result['overload_seconds']:g} s) | {result['offered_per_s']:.0f} requests/s offered, "
         f"{s['requests']} sent: {', '.join(f'{n} × {k}' for k, n in sorted(s['statuses'].items()))}; "
         f"admitted {result['admitted_per_s']:.1f}/s |",
@@ -267,6 +348,7 @@ def report(result: dict, args, stats: dict | None) -> str:
         lines.append(f"| translator replica | batch limit {stats.get('batch_limit')} of {stats.get('max_batch_size')} "
                      f"(max_step_slowdown {stats.get('max_step_slowdown')}), max_queue_wait_ms {stats.get('max_queue_wait_ms')}; "
                      f"sequences by outcome {stats.get('finished')} |")
+    lines += cpu_table(result)
     lines += ["", "| check | holds |", "|---|---|"]
     lines += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in result["checks"].items()]
     lines.append(f"| recovery ≥ {args.recovery:g}× capacity | {'yes' if recovery_check(result, args.recovery) else '**no**'} |")
@@ -299,9 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     args.machine = f"{cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
 
     async def go(url: str) -> dict:
-        return await run(url, tokens=args.tokens, concurrency=args.concurrency, capacity_seconds=args.capacity_seconds,
-                         overload_seconds=args.seconds, factor=args.factor, timeout_s=args.timeout,
-                         recovery_target=args.recovery, recovery_windows=args.recovery_windows)
+        with CpuSampler() as sampler:
+            result = await run(url, tokens=args.tokens, concurrency=args.concurrency, capacity_seconds=args.capacity_seconds,
+                               overload_seconds=args.seconds, factor=args.factor, timeout_s=args.timeout,
+                               recovery_target=args.recovery, recovery_windows=args.recovery_windows)
+        result["cpus"] = {phase: sampler.cpus(*span) for phase, span in result["phases"].items()}
+        return result
 
     def translator_stats() -> dict | None:
         try:  # the replica's own view (not part of the API); the report only quotes it
