@@ -8,7 +8,7 @@ translations (short and long, HTTP and gRPC), token streams (SSE), classificatio
 Protocol), captions, and translations abandoned by a 100 ms deadline. Every 5 s it records the resident memory
 (RSS) of each Serve replica. Passes when each replica's RSS over the last minute is within 10 % of its RSS over
 the first minute after warm-up, and no answer is an error other than the planned ones (504 for the deadline
-client, 503 with Retry-After under overload).
+client, 503 with Retry-After or gRPC RESOURCE_EXHAUSTED under overload).
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def clients(url: str, grpc_port: int) -> dict:
     }
 
 
-PLANNED = {"translate, 100 ms deadline": {"504"}}  # besides 200 and 503-with-Retry-After everywhere
+REFUSED = {"503", "grpc RESOURCE_EXHAUSTED"}  # a planned rejection under overload, over HTTP (with Retry-After) or gRPC
+PLANNED = {"translate, 100 ms deadline": {"504"}}  # besides 200 and a refusal everywhere
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +189,7 @@ def report(outcomes: dict, memory: list[dict], args) -> int:
         change = (b - a) / a
         flat &= abs(change) <= 0.10
         rows.append((name, a, b, peak, change))
-    unplanned = {name: {k: v for k, v in c.items() if not (k == "200" or k == "503" or k in PLANNED.get(name, set()))}
+    unplanned = {name: {k: v for k, v in c.items() if not (k == "200" or k in REFUSED or k in PLANNED.get(name, set()))}
                  for name, c in outcomes.items()}
     clean = not any(unplanned.values())
     total = sum(sum(c.values()) for c in outcomes.values())
