@@ -19,8 +19,8 @@ GAUGE_REFRESH_S = 5.0
 SPEC = {
     "inference_request_duration_seconds": ("histogram", "End-to-end request latency at the ingress", ("model", "protocol", "method", "outcome"), LATENCY_BUCKETS),
     "inference_queue_duration_seconds": ("histogram", "Time a request waited before its model started on it", ("model",), LATENCY_BUCKETS),
-    "inference_compute_duration_seconds": ("histogram", "Model execution time per stage (encoder, decoder_step, batch)", ("model", "stage"), LATENCY_BUCKETS),
-    "inference_batch_size": ("histogram", "Items per model execution", ("model", "stage"), BATCH_BUCKETS),
+    "inference_compute_duration_seconds": ("histogram", "Model execution time per stage (encoder, decoder_step: one step in 16, sampled; batch)", ("model", "stage"), LATENCY_BUCKETS),
+    "inference_batch_size": ("histogram", "Items per model execution (decoder_step: one step in 16, sampled)", ("model", "stage"), BATCH_BUCKETS),
     "inference_requests_total": ("counter", "Requests answered, by status code", ("model", "protocol", "code"), None),
     "inference_errors_total": ("counter", "Requests answered with an error, by status code", ("model", "protocol", "code"), None),
     "inference_requests_in_flight": ("gauge", "Requests being handled at the ingress", ("model",), None),

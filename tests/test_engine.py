@@ -281,3 +281,39 @@ def test_latency_bounds_are_validated():
     for bad in ({"max_step_slowdown": 0.5}, {"max_queue_wait_s": -1}, {"max_batch": 0}, {"max_queue": -1}):
         with pytest.raises(ValueError):
             EngineOptions(**bad)
+
+
+class Recorder:
+    """Stands in for service.metrics.Metrics: keeps every observation."""
+
+    def __init__(self) -> None:
+        self.observed: list[tuple[str, dict]] = []
+
+    def observe(self, name, value, **labels) -> None:
+        self.observed.append((name, labels))
+
+    def inc(self, *a, **k) -> None: ...
+
+    def add_gauge(self, *a, **k) -> None: ...
+
+
+def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(translator):
+    """One decoder step in STEP_METRICS_SAMPLE reaches the step histograms (Ray's agent replays each observation:
+    every step of a CPU decoder made it a CPU hog); every encoder run does."""
+    from service.engine import STEP_METRICS_SAMPLE
+
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4))
+    engine.metrics = recorder = Recorder()
+    looping = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes to max_new_tokens
+    seqs = [engine.submit(Sequence(ids(tok, looping), max_new_tokens=256)) for _ in range(24)]
+    run_until_idle(engine, limit=5000)
+    assert {s.finish_reason for s in seqs} == {"length"}
+    steps = engine.steps
+    stages = [labels["stage"] for name, labels in recorder.observed if name == "inference_compute_duration_seconds"]
+    sizes = [labels["stage"] for name, labels in recorder.observed if name == "inference_batch_size"]
+    assert stages.count("encoder") == sizes.count("encoder") >= 3  # every admission's encoder run
+    sampled = stages.count("decoder_step")
+    assert sampled == sizes.count("decoder_step")
+    expected = steps / STEP_METRICS_SAMPLE  # binomial: the bounds below are > 5 standard deviations away
+    assert steps >= 1500 and expected / 2 < sampled < expected * 2, (steps, sampled)
