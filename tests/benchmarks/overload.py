@@ -212,10 +212,14 @@ def recovery_check(result: dict, ratio: float) -> bool:
 # --------------------------------------------------------------------------------------------- by hand
 
 
+STEAL = "hypervisor steal"  # CPU time the VM was ready to run but the host ran something else (/proc/stat)
+
+
 class CpuSampler:
     """CPU time of every process on this machine (Linux ``/proc``), sampled once a second, to say afterwards where
     each phase's CPU went: the model, the front-end, Ray's own processes, or the load generator (whose share
-    includes this sampler's: about 1 % of a CPU)."""
+    includes this sampler's: about 1 % of a CPU); and how much the hypervisor took (``STEAL``), which tells a run
+    spoilt by a noisy neighbour from one spoilt by the service."""
 
     def __init__(self, every_s: float = 1.0) -> None:
         import threading
@@ -235,7 +239,7 @@ class CpuSampler:
     def _loop(self) -> None:
         tick = os.sysconf("SC_CLK_TCK")
         while not self._stop.is_set():
-            snap = {}
+            snap = {-1: (int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / tick, STEAL)}
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -276,12 +280,13 @@ def cpu_table(result: dict) -> list[str]:
     if not any(cpus.values()):
         return []
     phases = list(cpus)
-    top = sorted({k for c in cpus.values() for k in list(c)[:8]}, key=lambda k: -max(c.get(k, 0) for c in cpus.values()))
+    top = sorted({k for c in cpus.values() for k in list(c)[:8]} - {STEAL}, key=lambda k: -max(c.get(k, 0) for c in cpus.values()))
     lines = ["", f"Where the CPU went (CPUs in use, of {os.cpu_count()}; from /proc):", "",
              "| process | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for k in top:
         lines.append(f"| {k} | " + " | ".join(f"{cpus[p].get(k, 0):.2f}" for p in phases) + " |")
-    lines.append("| **all processes** | " + " | ".join(f"**{sum(cpus[p].values()):.2f}**" for p in phases) + " |")
+    lines.append("| **all processes** | " + " | ".join(f"**{sum(v for k, v in cpus[p].items() if k != STEAL):.2f}**" for p in phases) + " |")
+    lines.append(f"| {STEAL} (taken by the host) | " + " | ".join(f"{cpus[p].get(STEAL, 0):.2f}" for p in phases) + " |")
     return lines
 
 
