@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.metrics import metrics
+from service.metrics import DECODER_STEP_SAMPLE, metrics
 from service.runtime import EncoderDecoderRuntime, kv_names
 
 
@@ -72,12 +72,6 @@ class EngineOptions:
 
 
 RATE_WINDOW_S = 2.0  # departures older than this do not count towards the rate expected_wait uses
-# Decoder steps are observed in the step-time and batch-size histograms one in this many, drawn at random (unbiased:
-# quantiles and means hold; the counts are 1/16 of the steps; generation_tokens_total counts every token). Ray's
-# metrics agent, a nice-0 process, replays every histogram observation one by one at each 10 s export: with every
-# step of a CPU decoder recorded (~1,800 observations a second under load) it took ~0.5 s of CPU in a burst every
-# 10 s, and the ingress (nice 15) waited for a CPU meanwhile (RELIABILITY.md, overload).
-STEP_METRICS_SAMPLE = 16
 
 
 class QueueFull(RuntimeError):
@@ -429,7 +423,7 @@ class DecodeEngine:
         feeds.update(zip(self._cross_names, self.cross))
         started = time.monotonic()
         outputs = self.rt.decoder.run(None, feeds)
-        if self._step_sampler.random() * STEP_METRICS_SAMPLE < 1:
+        if self._step_sampler.random() * DECODER_STEP_SAMPLE < 1:
             self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="decoder_step")
             self.metrics.observe("inference_batch_size", b, model=self.model, stage="decoder_step")
         self.past = outputs[1:]  # present.*: one more column, valid for every live row

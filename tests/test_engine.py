@@ -10,6 +10,7 @@ from models.data import digits as D
 from models.data import text as T
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
+from service.metrics import DECODER_STEP_SAMPLE
 from service.runtime import EncoderDecoderRuntime
 
 EOS = 3
@@ -298,10 +299,8 @@ class Recorder:
 
 
 def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(translator):
-    """One decoder step in STEP_METRICS_SAMPLE reaches the step histograms (Ray's agent replays each observation:
+    """One decoder step in DECODER_STEP_SAMPLE reaches the step histograms (Ray's agent replays each observation:
     every step of a CPU decoder made it a CPU hog); every encoder run does."""
-    from service.engine import STEP_METRICS_SAMPLE
-
     rt, tok = translator
     engine = DecodeEngine(rt, EngineOptions(max_batch=4))
     engine.metrics = recorder = Recorder()
@@ -315,5 +314,5 @@ def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(t
     assert stages.count("encoder") == sizes.count("encoder") >= 3  # every admission's encoder run
     sampled = stages.count("decoder_step")
     assert sampled == sizes.count("decoder_step")
-    expected = steps / STEP_METRICS_SAMPLE  # binomial: the bounds below are > 5 standard deviations away
+    expected = steps / DECODER_STEP_SAMPLE  # binomial: the bounds below are > 5 standard deviations away
     assert steps >= 1500 and expected / 2 < sampled < expected * 2, (steps, sampled)
