@@ -1,6 +1,7 @@
 """Iteration-level batching: admission between steps, immediate retirement, deadlines, cancellation."""
 
 import random
+import threading
 import time
 
 import numpy as np
@@ -182,6 +183,29 @@ def test_calibration_caps_the_batch_where_a_step_costs_too_much(translator):
     engine.options = EngineOptions(max_batch=4, max_step_slowdown=1e9)
     engine.step()
     assert engine.batch_limit == 4 and set(engine.step_costs) == {1, 2, 3, 4}
+
+
+def test_calibrations_on_one_machine_take_turns(translator):
+    """Replicas start together; one timing its steps while another does would measure the other's load too."""
+    rt, _ = translator
+    spans = []
+
+    class Timed(DecodeEngine):
+        def calibrate(self, rounds: int = 30) -> dict[int, float]:
+            started = time.monotonic()
+            costs = super().calibrate(rounds=5)
+            spans.append((started, time.monotonic()))
+            return costs
+
+    engines = [Timed(rt, EngineOptions(max_batch=8, max_step_slowdown=1.5)) for _ in range(2)]
+    threads = [threading.Thread(target=engine._calibrate_if_needed) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, spans
+    assert all(engine.step_costs for engine in engines)
 
 
 def test_configure_returns_once_the_running_loop_has_calibrated(translator):
