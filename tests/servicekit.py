@@ -74,6 +74,12 @@ def _handle_loop():
     return _HANDLE_LOOP
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 def stats(name: str) -> dict:
     """A deployment's ``stats()``."""
     import asyncio

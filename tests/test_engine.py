@@ -1,6 +1,7 @@
 """Iteration-level batching: admission between steps, immediate retirement, deadlines, cancellation."""
 
 import ctypes
+import os
 import random
 import sys
 import threading
@@ -15,6 +16,7 @@ from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
 from service.metrics import DECODER_STEP_SAMPLE
 from service.runtime import EncoderDecoderRuntime
+from tests.servicekit import rss_mb
 
 EOS = 3
 
@@ -210,11 +212,6 @@ def test_calibrations_on_one_machine_take_turns(translator):
     assert all(engine.step_costs for engine in engines)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and calls glibc's malloc_trim")
 def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(translator):
     """Its inputs for wide batches (~120 MB for the translator at 32) are freed on return, but glibc kept them from
@@ -224,9 +221,9 @@ def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(translator):
     thread = threading.Thread(target=engine._calibrate_if_needed)  # in a thread of its own, as in the decode loop
     thread.start()
     thread.join()
-    held = rss_mb()
+    held = rss_mb(os.getpid())
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    assert held - rss_mb() < 30, "a trim after the calibration still gave back this much (MB)"
+    assert held - rss_mb(os.getpid()) < 30, "a trim after the calibration still gave back this much (MB)"
 
 
 def test_configure_returns_once_the_running_loop_has_calibrated(translator):

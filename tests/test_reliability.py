@@ -9,17 +9,12 @@ import grpc
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, redeployed, sample, scrape, stats, wait_for
+from tests.servicekit import LOOPING_TEXT, redeployed, rss_mb, sample, scrape, stats, wait_for
 
 LONG = {"text": LOOPING_TEXT, "max_new_tokens": 256}  # 256 greedy steps: 0.1-0.15 s alone, longer among 16
 # Sixteen such texts in one request: 4,096 tokens, ~0.5-1 s of decoding here. One text alone can finish inside
 # a 100 ms deadline plus the ingress's 50 ms grace on a fast CPU (CI did once), so it would not test the deadline.
 WIDE = {"texts": [LOOPING_TEXT] * 16, "max_new_tokens": 256}
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def test_a_100ms_deadline_on_a_long_decode_answers_within_150ms(url, stub):
