@@ -118,6 +118,9 @@ PROBE_AFTER_S = 0.5  # the limit grows (probes for room) only once the model has
 LIMIT_TTL_S = 2.0  # a learned limit is forgotten this long after the model last refused as busy (a burst a few
 # seconds later, perhaps after a reconfigure, is not held to what an earlier overload left); under steady overload
 # the next probe's refusal comes well within it
+IDLE_FORGET_S = 0.25  # nor is a burst held to it once nothing of this replica's has been in flight this long: the
+# model has had room since, perhaps more than when it refused (redeployed with more slots, a replica added), and under
+# overload this replica never goes so long without a call in flight
 
 
 class Door:
@@ -128,9 +131,20 @@ class Door:
         self.limit: float | None = None  # None: no refusal seen lately, no limit
         self.refused_at = -math.inf
         self.closed_until = 0.0
+        self.idle_since = -math.inf  # when in_flight last fell to 0
+
+    def entered(self) -> None:
+        self.in_flight += 1
+
+    def left(self, now: float) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle_since = now
 
     def shut(self, now: float) -> str | None:
         """Why a request arriving now is refused here, or None to let it through."""
+        if self.in_flight == 0 and now - self.idle_since >= IDLE_FORGET_S:
+            self.limit = None
         if now < self.closed_until:
             return f"no free slot expected for {(self.closed_until - now) * 1e3:.0f} ms"
         if self.limit is not None and now - self.refused_at < LIMIT_TTL_S and self.in_flight >= self.limit:
@@ -371,11 +385,11 @@ async def call(handle_call, timeout: float | None, model: str, retries: int = 1)
     if callable(handle_call):  # (a call already made is the caller's to gate, before making it)
         shed(model)
     door = _doors[model]
-    door.in_flight += 1
+    door.entered()
     try:
         return await _call(handle_call, timeout, model, retries, door)
     finally:
-        door.in_flight -= 1
+        door.left(time.monotonic())
 
 
 async def _call(handle_call, timeout: float | None, model: str, retries: int, door: Door):
@@ -762,7 +776,7 @@ class Ingress:
             stream.cancel()
             raise
         door = _doors["translator"]
-        door.in_flight += 1  # a started stream holds its slot until it ends
+        door.entered()  # a started stream holds its slot until it ends
         started, code = time.monotonic(), "200"
         metrics().add_gauge("inference_requests_in_flight", 1, model="translator")
         try:
@@ -777,7 +791,7 @@ class Ingress:
             raise
         finally:
             stream.cancel()  # frees the sequence in the decode loop if it is still running
-            door.in_flight -= 1
+            door.left(time.monotonic())
             metrics().add_gauge("inference_requests_in_flight", -1, model="translator")
             record("translator", protocol, method, code, code == "200", time.monotonic() - started)
 

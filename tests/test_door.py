@@ -1,6 +1,6 @@
 """The ingress's door (service.ingress.Door): the concurrency limit it learns from a model's "busy" refusals."""
 
-from service.ingress import GATE_MAX_S, LIMIT_TTL_S, PROBE_AFTER_S, Door
+from service.ingress import GATE_MAX_S, IDLE_FORGET_S, LIMIT_TTL_S, PROBE_AFTER_S, Door
 
 
 def test_an_unrefused_model_is_never_shut():
@@ -45,17 +45,17 @@ def test_under_steady_overload_the_model_is_kept_busy_and_refuses_about_one_prob
     while now < 20.0:
         for done in sorted(t for t in slots if t <= now):  # calls that finished by now
             slots.remove(done)
-            door.in_flight -= 1
+            door.left(done)
             door.succeeded(done)
             successes += 1
         if door.shut(now) is None:
-            door.in_flight += 1
+            door.entered()
             if len(slots) < 2:
                 slots.append(now + service_s)
             else:
                 model_refusals += 1
                 door.refused(now, door.in_flight - 1)
-                door.in_flight -= 1
+                door.left(now)
         now += 0.005
     assert successes >= 0.9 * 20.0 * 2 / service_s  # both slots busy nearly all the time
     cycle = PROBE_AFTER_S + 2 * service_s / 2  # the wait, then a limit's worth (2) of successes at 2 per 0.25 s
@@ -78,3 +78,23 @@ def test_a_learned_limit_is_forgotten_once_the_model_stops_refusing():
     door.refused(0.0, others=1)
     assert door.shut(LIMIT_TTL_S * 0.9) is not None
     assert door.shut(LIMIT_TTL_S * 1.01) is None
+
+
+def test_a_burst_after_a_lull_is_not_held_to_a_limit_learned_before_it():
+    """Nothing of ours in flight for IDLE_FORGET_S: the model has had room since it refused, perhaps more than it had
+    (an operator redeployed it with more slots), so a burst goes through and the model refuses what it must."""
+    door = Door()
+    door.entered(), door.entered()
+    door.refused(0.0, others=1)  # the second call was refused while the first ran
+    door.left(0.0), door.left(0.1)
+    arrival = 0.1 + IDLE_FORGET_S * 0.9  # soon after the last call of ours left: still held to one
+    assert door.shut(arrival) is None
+    door.entered()
+    assert door.shut(arrival) is not None
+    door.left(arrival + 0.01)
+    arrival += 0.01 + IDLE_FORGET_S * 1.01
+    for _ in range(32):  # a burst after the lull
+        assert door.shut(arrival) is None
+        door.entered()
+    door.refused(arrival + 0.01, others=31)  # what the model could not take still teaches the door
+    assert door.limit == 31 and door.shut(arrival + 0.02) is not None
