@@ -189,7 +189,7 @@ async def run(url: str, *, tokens: int = 256, concurrency: int = 8, idle_request
     result = {
         "tokens": tokens, "factor": factor, "overload_seconds": overload_seconds,
         "idle_requests": len(quiet), "idle_p50_ms": pct(idle_ms, 50), "idle_p99_ms": pct(idle_ms, 99),
-        "idle_statuses": summarize(quiet)["statuses"],
+        "idle_statuses": summarize(quiet)["statuses"], "idle_ms": idle_ms,
         "capacity_per_s": capacity, "offered_per_s": rate, "overload": s, "capacity_phase": summarize(before),
         "admitted_per_s": s["statuses"].get("200", 0) / overload_seconds,
         "recovered_per_s": recovered, "recovery_ratio": recovered / capacity if capacity else float("nan"),
@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--factor", type=float, default=10)
     parser.add_argument("--seconds", type=float, default=30, help="length of the overload (default 30)")
+    parser.add_argument("--idle-requests", type=int, default=200,
+                        help="requests one at a time for the idle p99 (default 200: from 30 the p99 is their slowest, "
+                             "which swung from 165 to 318 ms between runs)")
     parser.add_argument("--capacity-seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for capacity (default 8)")
     parser.add_argument("--timeout", type=float, default=10, help="client timeout in seconds (default 10)")
@@ -387,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go(url: str) -> dict:
         with CpuSampler() as sampler:
-            result = await run(url, tokens=args.tokens, concurrency=args.concurrency, capacity_seconds=args.capacity_seconds,
+            result = await run(url, tokens=args.tokens, concurrency=args.concurrency, idle_requests=args.idle_requests,
+                               capacity_seconds=args.capacity_seconds,
                                overload_seconds=args.seconds, factor=args.factor, timeout_s=args.timeout,
                                recovery_target=args.recovery, recovery_windows=args.recovery_windows)
         result["cpus"] = {phase: sampler.cpus(*span) for phase, span in result["phases"].items()}
