@@ -501,7 +501,7 @@ class DecodeEngine:
             self.step_costs, self.batch_limit, self._calibrated_for = costs, limit, key
             self._calibration_done.notify_all()
 
-    def calibrate(self, rounds: int = 30) -> dict[int, float]:
+    def calibrate(self, rounds: int = 20, chain: int = 4) -> dict[int, float]:
         """Decoder step time at batch widths up to ``max_batch``, relative to one sequence: ``{width: ratio}``.
 
         Dummy inputs shaped like long requests, the kind whose latency the bound protects: ``L`` positions long (the
@@ -512,16 +512,23 @@ class DecodeEngine:
         for one sequence, ``3L/4`` for two, ``5L/6`` for three). (Timing every width at ``L/2``, as before, made a
         step of three look 1.5× a step of one; at the width it really carries it is 1.8×, and the admitted requests
         of a full batch capped at three took 2.4× their idle time at p50. A step of one costs the same at any
-        cache length up to 256, so the reference does not move.) Each round times every width once, back to
+        cache length up to 256, so the reference does not move.)
+
+        A width is timed as the loop runs it: ``chain`` consecutive steps, each fed the cache the step before it
+        returned (ONNX Runtime's own output buffers, one column longer each time), after one untimed step from
+        the dummy arrays; its time is their mean. (Timing one step fed the dummy numpy arrays, as before, was
+        bimodal from one calibration to the next on the same process: in some, a one-sequence step took ~300 µs
+        against ~210 µs in the others, every ratio shrank, a step of three looked cheaper than one of two, and the
+        cap came out 4 where it was 2 in the rest; RELIABILITY.md.) Each round times every width once, back to
         back, and divides by the round's own one-sequence time; a width's cost is the median over rounds, so a burst
         of work elsewhere on the machine, which slows the widths timed beside it alike, does not move it.
         """
         cfg = self.rt.config
         heads, head_dim = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"]
-        positions = max(2, min(256, cfg["decoder"]["max_len"]))  # L
+        positions = max(2 + chain, min(256, cfg["decoder"]["max_len"]))  # L
 
-        def cache(b: int) -> int:  # columns a full batch of b staggered rows carries, on average
-            return max(1, min(positions - 1, round(positions * (1 - 1 / (2 * b)))))
+        def cache(b: int) -> int:  # columns a full batch of b staggered rows carries, on average (room for the chain)
+            return max(1, min(positions - 1 - chain, round(positions * (1 - 1 / (2 * b)))))
 
         rng = np.random.default_rng(0)
         if self.text_source:
@@ -533,25 +540,29 @@ class DecodeEngine:
             cross, cross_mask = self.rt.encode(np.zeros((1, 1, size, size), dtype=np.float32), None)
         widths = sorted({b for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if b <= self.options.max_batch}
                         | {self.options.max_batch})
-        feeds = {}
+        fixed, start = {}, {}  # per width: the feeds no step changes, and the dummy cache the first step is fed
         for b in widths:
-            width = cache(b)
-            f = {"input_ids": np.full((b, 1), self.bos, dtype=np.int64),
-                 "position_ids": np.full((b, 1), width, dtype=np.int64),
-                 "self_mask": np.ones((b, width + 1), dtype=bool),
-                 "cross_mask": np.repeat(cross_mask, b, axis=0)}
-            f.update((n, rng.standard_normal((b, heads, width, head_dim)).astype(self.rt.float_type))
-                     for n in self._past_names)
-            f.update(zip(self._cross_names, (np.repeat(a, b, axis=0) for a in cross)))
-            feeds[b] = f
+            fixed[b] = {"input_ids": np.full((b, 1), self.bos, dtype=np.int64), "cross_mask": np.repeat(cross_mask, b, axis=0)}
+            fixed[b].update(zip(self._cross_names, (np.repeat(a, b, axis=0) for a in cross)))
+            start[b] = [rng.standard_normal((b, heads, cache(b), head_dim)).astype(self.rt.float_type) for _ in self._past_names]
+
+        def steps(b: int) -> float:
+            """Mean seconds of ``chain`` chained steps at width ``b``."""
+            past, took = start[b], 0.0
+            for k in range(chain + 1):
+                columns = past[0].shape[2]
+                feeds = dict(fixed[b], position_ids=np.full((b, 1), columns, dtype=np.int64),
+                             self_mask=np.ones((b, columns + 1), dtype=bool))
+                feeds.update(zip(self._past_names, past))
+                started = time.perf_counter()
+                past = self.rt.decoder.run(None, feeds)[1:]  # present.*: the next step's cache
+                if k:  # the first step, from the dummy arrays, warms (a shape's first use plans its kernels)
+                    took += time.perf_counter() - started
+            return took / chain
+
         ratios: dict[int, list[float]] = {b: [] for b in widths}
         for _ in range(rounds):
-            took = {}
-            for b in widths:
-                self.rt.decoder.run(None, feeds[b])  # warm: first use of a shape plans its kernels
-                started = time.perf_counter()
-                self.rt.decoder.run(None, feeds[b])
-                took[b] = time.perf_counter() - started
+            took = {b: steps(b) for b in widths}
             for b in widths:
                 ratios[b].append(took[b] / took[widths[0]])
         costs = {b: float(np.median(ratios[b])) for b in widths}
