@@ -95,9 +95,11 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
     Asserted here: nothing hangs, every answer is a 200 or a 503 with Retry-After, refusals come back quickly, the
     admitted requests' p99 stays within a small multiple of the idle p99, and the capacity comes back (the best of up
     to three 5 s closed-loop windows after the overload reaches 0.8× the one before it; a single window swings by a
-    third on this machine, RELIABILITY.md). The multiple is 8×, not the goal's 2×: measured here between 1.6× and
-    5× from run to run (RELIABILITY.md: why, on two CPUs); without the latency bounds it is ~60×, so this still
-    fails if admission control stops working.
+    third on this machine, RELIABILITY.md). The multiple is 3×, not the goal's 2× (which the 30 s script holds,
+    tests/benchmarks/overload.py): this run is short and its yardstick is 40 idle requests, on a machine whose
+    speed moves from run to run. The shipped bound decodes one translation at a time on two CPUs (the script:
+    1.1-1.5× idle p99); a batch capped at 4 by a bad calibration gave 2.3× at p50, and without the latency bounds
+    it is ~60×, so this fails if admission control or the calibration stops working.
     """
     import asyncio
 
@@ -105,7 +107,7 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
 
     limit = wait_for(lambda: (lambda st: st["max_queue_wait_ms"] is not None and st["step_costs"] and st["batch_limit"])(
         stats("Translator")), 30, "the translator to calibrate its batch limit")
-    result = asyncio.run(run(url, tokens=256, concurrency=8, idle_requests=20, capacity_seconds=5, overload_seconds=8,
+    result = asyncio.run(run(url, tokens=256, concurrency=8, idle_requests=40, capacity_seconds=5, overload_seconds=8,
                              factor=10, timeout_s=10, recovery_target=0.8, recovery_windows=3))
     s = result["overload"]
     print(f"batch limit {limit}; idle p99 {result['idle_p99_ms']:.0f} ms; capacity {result['capacity_per_s']:.1f}/s; "
@@ -117,7 +119,7 @@ def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_the
     assert result["checks"]["no client left waiting (timeouts, dropped connections)"], s
     assert s["statuses"].get("503", 0) > s["statuses"].get("200", 0)  # it really was overloaded, and said so
     assert s["refused_p50_ms"] < 50, s
-    assert s["admitted_p99_ms"] < 8 * result["idle_p99_ms"], (s, result["idle_p99_ms"])
+    assert s["admitted_p99_ms"] < 3 * result["idle_p99_ms"], (s, result["idle_p99_ms"])
     assert result["recovery_ratio"] >= 0.8, {k: v for k, v in result.items() if k != "answers"}
     wait_for(lambda: stats("Translator")["active"] == 0, 10, "the engine to drain")
 
