@@ -156,7 +156,7 @@ class _Generator:
         """``user_config``: max_batch_size, max_queue, and the latency bounds max_step_slowdown and
         max_queue_wait_ms (absent or null: off). Applied at the engine's next step; a changed slowdown bound
         recalibrates the batch limit there, and this returns only then: Serve calls it before the replica takes
-        requests, so the first request never waits behind the calibration (1-2 s on two vCPUs; the replicas of one
+        requests, so the first request never waits behind the calibration (2-3 s on two vCPUs; the replicas of one
         machine calibrate in turn)."""
         known = {"max_batch_size", "max_queue", "max_step_slowdown", "max_queue_wait_ms"}
         if unknown := set(user_config) - known:

@@ -190,7 +190,7 @@ def test_calibration_caps_the_batch_where_a_step_costs_too_much(translator):
 
 
 def test_calibration_times_steps_fed_the_cache_the_step_before_returned(translator):
-    """As the loop runs them: each timed step is fed the ``present.*`` arrays ONNX Runtime returned for the step before
+    """As the loop feeds them: each timed step is fed the ``present.*`` arrays ONNX Runtime returned for the step before
     it (one column longer), not the dummy arrays, which only the untimed first step of each chain gets. (Fed the dummy
     numpy arrays, a one-sequence step took ~300 µs in some calibrations and ~210 µs in others on the same process.)"""
     rt, _ = translator
