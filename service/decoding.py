@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from service.engine.search import BeamState
+
 
 class Inference(Protocol):
     def logits(self, tokens: np.ndarray) -> np.ndarray:
@@ -57,77 +59,31 @@ def greedy(inference: Inference, batch: int, bos: int, eos: int, max_new_tokens:
     return out
 
 
-def _source_done(finished, open_scores, open_seqs, k: int, norm) -> bool:
-    """Done once ``k`` hypotheses have ended and no open beam, scored at its current length, beats the best."""
-    if len(finished) < k:
-        return False
-    best_open = max((sc / norm(len(seq)) for sc, seq in zip(open_scores, open_seqs) if np.isfinite(sc)), default=-np.inf)
-    return best_open < finished[0][0]
-
-
 def beam_search(
     inference: Inference, batch: int, bos: int, eos: int, options: DecodingOptions
 ) -> list[list[int]]:
     """Beam search; ``inference`` must hold ``batch × beam_size`` rows (each source repeated ``beam_size`` times).
 
-    A hypothesis ends when it emits EOS. A source is finished once ``beam_size`` hypotheses have ended and no
-    open beam (length-normalised at its current length) scores above the best of them; stopping at the first
-    ``beam_size`` endings instead lets short hypotheses crowd out a better, longer one. Returns the best
-    hypothesis per source by length-normalised score.
+    Each source's search is a ``service.engine.search.BeamState``, the very one the decoding engine advances, so
+    a source gives the same tokens offline and in the engine's shared batch. A source that is done stops being
+    advanced (its rows keep stepping until every source is done). Returns the best hypothesis per source.
     """
     k = options.beam_size
+    states = [BeamState(k, eos, options.length_penalty) for _ in range(batch)]
     last = np.full(batch * k, bos, dtype=np.int64)
-    scores = np.zeros((batch, k))
-    scores[:, 1:] = -np.inf  # all beams start identical: keep only the first alive at step 0
-    seqs: list[list[int]] = [[] for _ in range(batch * k)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-    norm = lambda length: max(length, 1) ** options.length_penalty
-    c = 2 * k  # candidates per source: enough to refill K beams after EOS ones
-    for step in range(options.max_new_tokens):
-        logits = inference.logits(last).astype(np.float32, copy=False)  # (B*K, V)
-        # The source's best c continuations are among each beam's own best c tokens: select those first
-        # (linear time) instead of sorting all K*V, and score only them.
-        cand_tok = np.argpartition(-logits, c - 1, axis=1)[:, :c]  # (B*K, c)
-        shifted = logits - logits.max(-1, keepdims=True)
-        lse = np.log(np.exp(shifted).sum(-1, keepdims=True, dtype=np.float64))  # (B*K, 1)
-        cand_logp = np.take_along_axis(shifted, cand_tok, axis=1).astype(np.float64) - lse  # (B*K, c)
-        total = (scores.reshape(-1, 1) + cand_logp).reshape(batch, k * c)  # (B, K*c)
-        top = np.argsort(-total, axis=1, kind="stable")[:, :c]
-        new_rows, new_tokens, new_scores, new_seqs = [], [], np.full((batch, k), -np.inf), []
-        for b in range(batch):
-            kept = 0
-            for cand in top[b]:
-                beam, j = divmod(int(cand), c)
-                row, score = b * k + beam, float(total[b, cand])
-                token = int(cand_tok[row, j])
-                if not np.isfinite(score):
-                    continue
-                if token == eos:
-                    finished[b].append((score / norm(len(seqs[row]) + 1), seqs[row]))
-                    finished[b] = sorted(finished[b], key=lambda f: f[0], reverse=True)[:k]  # the best k
-                    continue
-                if kept < k:
-                    new_rows.append(row)
-                    new_tokens.append(token)
-                    new_seqs.append(seqs[row] + [token])
-                    new_scores[b, kept] = score
-                    kept += 1
-            while kept < k:  # fewer live candidates than beams: pad with dead copies
-                new_rows.append(b * k)
-                new_tokens.append(eos)
-                new_seqs.append(seqs[b * k])
-                kept += 1
-        scores, seqs = new_scores, new_seqs
-        last = np.array(new_tokens, dtype=np.int64)
-        if all(_source_done(finished[b], scores[b], seqs[b * k : (b + 1) * k], k, norm) for b in range(batch)):
+    done = np.zeros(batch, dtype=bool)
+    for _ in range(options.max_new_tokens):
+        logits = inference.logits(last)  # (B*K, V)
+        rows = np.arange(batch * k)
+        for b in np.flatnonzero(~done):
+            beams, tokens, done[b] = states[b].advance(logits[b * k : (b + 1) * k])
+            rows[b * k : (b + 1) * k] = b * k + beams
+            last[b * k : (b + 1) * k] = tokens
+        if done.all():
             break
-        inference.rearrange_kv_cache(np.array(new_rows))
-    for b in range(batch):  # sources that hit max_new_tokens: their open beams count too
-        for j in range(k):
-            if np.isfinite(scores[b, j]):
-                finished[b].append((scores[b, j] / norm(len(seqs[b * k + j])), seqs[b * k + j]))
+        inference.rearrange_kv_cache(rows)
     inference.release()
-    return [max(f, key=lambda t: t[0])[1] for f in finished]
+    return [state.best() for state in states]
 
 
 def decode(inference_factory, batch: int, bos: int, eos: int, options: DecodingOptions) -> list[list[int]]:

@@ -2,9 +2,9 @@
 
 * ``Classifier``: ``@serve.batch`` dynamic batching, one ORT run per batch; batch size and wait are
   tunable at run time through ``reconfigure`` (``user_config`` in the serve config).
-* ``Translator`` and ``Captioner``: each replica runs a ``DecodeEngine`` (iteration-level batching; encoder
-  pass once per request at admission); its batch width and queue bound are ``user_config`` too. Beam search
-  (``beam_size > 1``) runs per request in a worker thread.
+* ``Translator`` and ``Captioner``: each replica runs a ``DecodeEngine`` (iteration-level batching of greedy,
+  beam and streamed sequences in one batch; encoder pass once per request at admission); its batch width, queue
+  bound and queue-time budget are ``user_config`` too.
 
 Options that are not model code (``max_ongoing_requests``, ``max_queued_requests``, ``num_gpus``) live in
 ``deploy/serve_config.yaml``; the decorators' values are the defaults when the classes are bound directly.
@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import functools
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -26,13 +25,17 @@ from ray import serve
 
 from models.data.tokenizer import Tokenizer
 from service.decoding import DecodingOptions
-from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
+from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
 from service.metrics import metrics
-from service.runtime import EncoderDecoderRuntime, Interrupted, RuntimeOptions, create_session, load_config
+from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session, load_config
 
 
 class DeadlineExceeded(Exception):
     """The request's deadline passed before it finished."""
+
+
+class DecodingFailed(Exception):
+    """A decoder or encoder run failed for this request (not for its batch-mates, which are answered)."""
 
 
 class Overloaded(Exception):
@@ -53,11 +56,13 @@ class Refused:
     and slowed the admitted requests down. A returned value costs what any small answer costs.
     """
 
-    kind: str  # "overloaded" | "deadline"
+    kind: str  # "overloaded" | "deadline" | "failed"
     message: str
     busy: bool = False  # overloaded: see Overloaded
 
     def exception(self) -> Exception:
+        if self.kind == "failed":
+            return DecodingFailed(self.message)
         return Overloaded(self.message, self.busy) if self.kind == "overloaded" else DeadlineExceeded(self.message)
 
 
@@ -72,6 +77,8 @@ def refusing(method):
             return Refused("overloaded", str(e), e.busy)
         except DeadlineExceeded as e:
             return Refused("deadline", str(e))
+        except StepFailed as e:
+            return Refused("failed", str(e))
 
     return wrapper
 
@@ -141,86 +148,74 @@ class Classifier:
 
 
 class _Generator:
-    """Shared by the translator and captioner deployments: engine for greedy, thread for beams."""
+    """Shared by the translator and captioner deployments: one ``DecodeEngine`` decodes greedy, beam and streamed
+    requests together."""
 
     name = ""
 
-    def __init__(self, repository: str, max_batch: int = 32, max_queue: int = 256) -> None:
+    def __init__(self, repository: str, max_batch: int = 32, max_queue: int = 1024) -> None:
         self.directory = Path(repository) / self.name / "1"
         self.runtime = EncoderDecoderRuntime(self.directory, replica_runtime_options())
         self.tokenizer = Tokenizer.load(self.directory)
         self.engine = DecodeEngine(self.runtime, EngineOptions(max_batch=max_batch, max_queue=max_queue)).start()
-        self.beams_running, self._beam_lock = 0, threading.Lock()
 
     async def reconfigure(self, user_config: dict) -> None:
-        """``user_config``: max_batch_size, max_queue, and the latency bounds max_step_slowdown and
-        max_queue_wait_ms (absent or null: off). Applied at the engine's next step; a changed slowdown bound
-        recalibrates the batch limit there, and this returns only then: Serve calls it before the replica takes
-        requests, so the first request never waits behind the calibration (2-3 s on two vCPUs; the replicas of one
-        machine calibrate in turn)."""
-        known = {"max_batch_size", "max_queue", "max_step_slowdown", "max_queue_wait_ms"}
+        """``user_config``: max_batch_size, max_queue (rows), max_queue_wait_ms (the queue-time budget of a request
+        without a deadline of its own) and auto_width (the width where tokens/s stop rising, measured at start;
+        false: max_batch_size). Applied at the engine's next step; a changed width rule or max_batch_size
+        recalibrates there, and this returns only then: Serve calls it before the replica takes requests, so the
+        first request never waits behind the calibration (1-3 s on two vCPUs; the replicas of one machine
+        calibrate in turn)."""
+        known = {"max_batch_size", "max_queue", "max_queue_wait_ms", "auto_width"}
         if unknown := set(user_config) - known:
             raise ValueError(f"{self.name} user_config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        slowdown, wait_ms = user_config.get("max_step_slowdown"), user_config.get("max_queue_wait_ms")
+        defaults = EngineOptions()
         options = dataclasses.replace(
-            self.engine.options, max_batch=int(user_config.get("max_batch_size", 32)),
-            max_queue=int(user_config.get("max_queue", 256)),
-            max_step_slowdown=None if slowdown is None else float(slowdown),
-            max_queue_wait_s=None if wait_ms is None else float(wait_ms) / 1000.0)  # validated by EngineOptions
+            self.engine.options, max_batch=int(user_config.get("max_batch_size", defaults.max_batch)),
+            max_queue=int(user_config.get("max_queue", defaults.max_queue)),
+            max_queue_wait_s=float(user_config.get("max_queue_wait_ms", defaults.max_queue_wait_s * 1000)) / 1000.0,
+            auto_width=bool(user_config.get("auto_width", defaults.auto_width)))  # validated by EngineOptions
         await asyncio.to_thread(self.engine.configure, options)  # off the event loop: requests keep flowing
 
     def stats(self) -> dict:
         active, waiting = self.engine.load
         options = self.engine.options
         return {"pid": os.getpid(), "max_batch_size": options.max_batch, "max_queue": options.max_queue,
-                "max_step_slowdown": options.max_step_slowdown,
-                "max_queue_wait_ms": None if options.max_queue_wait_s is None else options.max_queue_wait_s * 1000,
-                "batch_limit": self.engine.batch_limit, "step_costs": self.engine.step_costs,
-                "active": active, "waiting": waiting,
-                "finished": dict(self.engine.finished), "beams_running": self.beams_running}
+                "max_queue_wait_ms": options.max_queue_wait_s * 1000, "auto_width": options.auto_width,
+                "batch_limit": self.engine.batch_limit, "step_times": self.engine.step_times,
+                "max_new_tokens_limit": self.engine.max_positions,
+                "active": active, "waiting": waiting, "finished": dict(self.engine.finished)}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.stop()
 
+    def _sequence(self, source: np.ndarray, options: DecodingOptions, deadline: float | None, on_token=None) -> Sequence:
+        return Sequence(source, options.max_new_tokens, deadline=deadline, on_token=on_token,
+                        beam_size=options.beam_size, length_penalty=options.length_penalty)
+
     async def _generate(self, sources: list[np.ndarray], options: DecodingOptions, deadline: float | None) -> list[list[int]]:
-        if options.beam_size > 1:
-            stop = threading.Event()  # set when the caller goes away; the search checks it before every step
-            interrupted = lambda: stop.is_set() or (deadline is not None and time.monotonic() > deadline)
-            try:
-                return [await asyncio.to_thread(self._beam, s, options, interrupted) for s in sources]
-            except Interrupted:
-                raise DeadlineExceeded(f"{self.name} did not finish before the request deadline") from None
-            finally:
-                stop.set()
-        seqs = [Sequence(source, options.max_new_tokens, deadline=deadline) for source in sources]
+        seqs = [self._sequence(source, options, deadline) for source in sources]
         try:
             self.engine.submit_all(seqs)
         except QueueFull as e:
-            raise Overloaded(str(e), e.reason != "queue_full") from None
+            raise Overloaded(str(e), e.reason == "expected_wait") from None
         try:
             results = await asyncio.gather(*(asyncio.wrap_future(s.future) for s in seqs))
         except asyncio.CancelledError:  # the client went away: free the sequences
             for s in seqs:
                 s.cancel()
             raise
+        except StepFailed:
+            for s in seqs:
+                s.cancel()
+            raise
         if any(s.finish_reason == "rejected" for s in seqs):
-            raise Overloaded(f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a slot in the batch", busy=True)
+            raise Overloaded(f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a place in the batch", busy=True)
         if any(s.finish_reason == "deadline" for s in seqs):
             raise DeadlineExceeded(f"{self.name} did not finish before the request deadline")
         return results
-
-    def _beam(self, source: np.ndarray, options: DecodingOptions, interrupted) -> list[int]:
-        batch = source[None]
-        mask = batch != self.tokenizer.pad_id if batch.dtype == np.int64 else None
-        with self._beam_lock:
-            self.beams_running += 1
-        try:
-            return self.runtime.generate(batch, mask, options, interrupted)[0]
-        finally:
-            with self._beam_lock:
-                self.beams_running -= 1
 
     def ready(self) -> bool:
         return self.engine.thread is not None and self.engine.thread.is_alive()
@@ -260,12 +255,12 @@ class Translator(_Generator):
         """
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
-        seq = Sequence(self._source(text), max_new_tokens, deadline=deadline_from_ms(timeout_ms), on_token=put)
+        seq = self._sequence(self._source(text), DecodingOptions(max_new_tokens=max_new_tokens), deadline_from_ms(timeout_ms), put)
         seq.future.add_done_callback(lambda _: put(None))  # after the last token: same thread, FIFO
         try:
             self.engine.submit(seq)
         except QueueFull as e:
-            yield Refused("overloaded", str(e), e.reason != "queue_full")  # the ingress turns a first item like this into its 503
+            yield Refused("overloaded", str(e), e.reason == "expected_wait")  # the ingress turns a first item like this into its 503
             return
         try:
             tokens, shown = [], ""
@@ -278,7 +273,7 @@ class Translator(_Generator):
                 if piece:
                     yield {"token": piece}
             if seq.finish_reason == "rejected":  # before any token
-                yield Refused("overloaded", f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a slot in the batch", True)
+                yield Refused("overloaded", f"waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms for a place in the batch", True)
                 return
             if seq.finish_reason == "deadline":
                 if not tokens:
@@ -286,7 +281,7 @@ class Translator(_Generator):
                     return
                 raise DeadlineExceeded("translator did not finish before the request deadline")
             if seq.finish_reason in ("error", "cancelled"):
-                raise RuntimeError(f"decoding ended: {seq.finish_reason}")
+                raise RuntimeError(seq.error or f"decoding ended: {seq.finish_reason}")
             final = self.tokenizer.decode(tokens)
             if final[len(shown):]:
                 yield {"token": final[len(shown):]}

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import oip
 from service.config import default_repository
 from service.decoding import DecodingOptions
-from service.deployments import DeadlineExceeded, Overloaded, Refused
+from service.deployments import DeadlineExceeded, DecodingFailed, Overloaded, Refused
 from service.grpc_lenient import Undecodable
 from service.images import MAX_SIDE, BadImage, digit_array, digit_input, scene_input
 from service.metrics import metrics
@@ -94,6 +94,7 @@ GRPC_CODES = {
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.RESOURCE_EXHAUSTED,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: grpc.StatusCode.INTERNAL,
 }
 
 
@@ -406,6 +407,8 @@ async def _call(handle_call, timeout: float | None, model: str, retries: int, do
                 raise result.exception()
             door.succeeded(time.monotonic())
             return result
+        except DecodingFailed as e:  # the model failed on this request alone; its batch-mates were answered
+            raise ApiError(500, "decoding_failed", f"{model}: {e}") from None
         except (DeadlineExceeded, asyncio.TimeoutError, TimeoutError):
             raise ApiError(504, "deadline_exceeded", "the request's deadline passed before it finished") from None
         except Overloaded as e:  # refused by the model (counted there)

@@ -37,6 +37,18 @@ def kv_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}.{i}.key" for i in range(layers)] + [f"{prefix}.{i}.value" for i in range(layers)]
 
 
+def decoder_feed(tokens, positions, self_mask, cross_mask, past: Sequence, cross: Sequence) -> dict:
+    """The decoder's inputs for one step, by name: the one place a feed is built (the engine's step, its
+    calibration, the offline search and the attention maps all call it). ``tokens``/``positions`` ``(B, 1)``,
+    ``self_mask`` ``(B, P + 1)``, ``cross_mask`` ``(B, S)``; ``past``/``cross``: 2L arrays or OrtValues, keys of
+    every layer then values (``kv_names``)."""
+    layers = len(past) // 2
+    feed = {"input_ids": tokens, "position_ids": positions, "self_mask": self_mask, "cross_mask": cross_mask}
+    feed.update(zip(kv_names("past_key_values", layers), past))
+    feed.update(zip(kv_names("cross", layers), cross))
+    return feed
+
+
 def select_providers(requested: str | None = None, available: Sequence[str] | None = None) -> list[str]:
     """Providers to use, in order: ``requested`` (or ``$ORT_PROVIDERS``) filtered by what is available, CPU last."""
     available = list(ort.get_available_providers() if available is None else available)
@@ -201,10 +213,8 @@ class EncoderDecoderRuntime:
         names = ["cross_attention"] + kv_names("present", self.layers)
         weights = np.zeros((b, steps, mask.shape[1]), dtype=np.float32)
         for t in range(steps):
-            feeds = {"input_ids": feed_tokens[:, t : t + 1], "position_ids": np.full((b, 1), t, dtype=np.int64),
-                     "self_mask": np.ones((b, t + 1), dtype=bool), "cross_mask": mask}
-            feeds.update(zip(kv_names("past_key_values", self.layers), past))
-            feeds.update(zip(kv_names("cross", self.layers), cross_kv))
+            feeds = decoder_feed(feed_tokens[:, t : t + 1], np.full((b, 1), t, dtype=np.int64),
+                                 np.ones((b, t + 1), dtype=bool), mask, past, cross_kv)
             attention, *past = session.run(names, feeds)
             weights[:, t] = attention[:, :, 0].astype(np.float32).mean(axis=1)  # (B, S): heads averaged
         return [weights[i, : len(out), : int(mask[i].sum())] for i, out in enumerate(outputs)]
@@ -266,12 +276,10 @@ class OrtInference:
         self.batch = cross_mask.shape[0]
         self.step = 0
         self.binding = runtime.decoder.io_binding()
-        self.cross_names = kv_names("cross", self.layers)
-        self.past_names = kv_names("past_key_values", self.layers)
         self.present_names = kv_names("present", self.layers)
         self._set_source(cross_kv, cross_mask)
         empty = np.zeros((self.batch, self.heads, 0, self.head_dim), dtype=runtime.float_type)
-        self.past: list[ort.OrtValue] = [self._to_device(empty) for _ in self.past_names]
+        self.past: list[ort.OrtValue] = [self._to_device(empty) for _ in range(2 * self.layers)]
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -292,14 +300,13 @@ class OrtInference:
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32."""
         b = self.binding
-        b.bind_cpu_input("input_ids", tokens.reshape(-1, 1).astype(np.int64))
-        b.bind_cpu_input("position_ids", np.full((self.batch, 1), self.step, dtype=np.int64))
-        b.bind_cpu_input("self_mask", np.ones((self.batch, self.step + 1), dtype=bool))
-        b.bind_ortvalue_input("cross_mask", self.cross_mask_value)
-        for name, value in zip(self.cross_names, self.cross):
-            b.bind_ortvalue_input(name, value)
-        for name, value in zip(self.past_names, self.past):
-            b.bind_ortvalue_input(name, value)
+        feed = decoder_feed(tokens.reshape(-1, 1).astype(np.int64), np.full((self.batch, 1), self.step, dtype=np.int64),
+                            np.ones((self.batch, self.step + 1), dtype=bool), self.cross_mask_value, self.past, self.cross)
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                b.bind_cpu_input(name, value)
+            else:
+                b.bind_ortvalue_input(name, value)
         b.bind_output("logits", "cpu")
         for name in self.present_names:
             b.bind_output(name, self.device)  # stays on the device for the next step

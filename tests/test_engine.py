@@ -13,7 +13,7 @@ import pytest
 from models.data import digits as D
 from models.data import text as T
 from service.decoding import DecodingOptions
-from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence
+from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
 from service.metrics import DECODER_STEP_SAMPLE
 from service.runtime import EncoderDecoderRuntime
 from tests.servicekit import rss_mb
@@ -53,7 +53,7 @@ def run_until_idle(engine, limit=500):
 def test_staggered_arrivals_give_the_offline_outputs(translator):
     rt, tok = translator
     texts = [s for s, _ in random.Random(3).sample(T.build_corpus()["test"], 40)]
-    engine = DecodeEngine(rt, EngineOptions(max_batch=8))
+    engine = DecodeEngine(rt, EngineOptions(max_batch=8, auto_width=False))
     seqs = []
     for i, text in enumerate(texts):  # a new request every step, more than max_batch in flight
         seqs.append(engine.submit(Sequence(ids(tok, text), max_new_tokens=100)))
@@ -66,7 +66,7 @@ def test_staggered_arrivals_give_the_offline_outputs(translator):
 
 def test_short_request_overtakes_a_long_one(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt)
+    engine = DecodeEngine(rt, EngineOptions(auto_width=False))
     long = engine.submit(Sequence(ids(tok, "The meeting is on Wednesday, September 27, 2084."), max_new_tokens=100))
     for _ in range(3):
         engine.step()
@@ -80,7 +80,7 @@ def test_short_request_overtakes_a_long_one(translator):
 
 def test_short_finishes_first_on_the_running_loop(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt).start()
+    engine = DecodeEngine(rt, EngineOptions(auto_width=False)).start()
     try:
         done_at = {}
         long = Sequence(ids(tok, "nine hundred and ninety-nine thousand, nine hundred and ninety-seventh"), max_new_tokens=200)
@@ -100,7 +100,7 @@ def test_short_finishes_first_on_the_running_loop(translator):
 
 def test_deadline_and_cancel_leave_the_batch(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt)
+    engine = DecodeEngine(rt, EngineOptions(auto_width=False))
     late = engine.submit(Sequence(ids(tok, "Friday, March 14, 2025"), max_new_tokens=100, deadline=time.monotonic() + 3600))
     gone = engine.submit(Sequence(ids(tok, "Thursday, April 12, 1973"), max_new_tokens=100))
     engine.step()
@@ -109,12 +109,12 @@ def test_deadline_and_cancel_leave_the_batch(translator):
     engine.step()
     assert late.finish_reason == "deadline" and gone.finish_reason == "cancelled"
     assert late.future.done() and gone.future.done()
-    assert engine.load == (0, 0) and engine.valid.shape == (0, 0)  # caches freed
+    assert engine.load == (0, 0) and engine.batch.valid.shape == (0, 0)  # caches freed
 
 
 def test_max_new_tokens_and_streaming_callback(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt)
+    engine = DecodeEngine(rt, EngineOptions(auto_width=False))
     seen = []
     seq = engine.submit(Sequence(ids(tok, "Friday, March 14, 2025"), max_new_tokens=3, on_token=seen.append))
     run_until_idle(engine)
@@ -123,13 +123,13 @@ def test_max_new_tokens_and_streaming_callback(translator):
 
 def test_queue_is_bounded(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_queue=2))
+    engine = DecodeEngine(rt, EngineOptions(max_queue=2, auto_width=False))
     engine.submit(Sequence(ids(tok, "one"), 5))
     engine.submit(Sequence(ids(tok, "two"), 5))
     with pytest.raises(QueueFull):
         engine.submit(Sequence(ids(tok, "three"), 5))
     # A request's sequences are queued together or not at all.
-    roomy = DecodeEngine(rt, EngineOptions(max_queue=3))
+    roomy = DecodeEngine(rt, EngineOptions(max_queue=3, auto_width=False))
     roomy.submit(Sequence(ids(tok, "one"), 5))
     with pytest.raises(QueueFull):
         roomy.submit_all([Sequence(ids(tok, t), 5) for t in ("two", "three", "four")])
@@ -138,7 +138,7 @@ def test_queue_is_bounded(translator):
 
 def test_cache_columns_are_trimmed_when_old_rows_leave(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt)
+    engine = DecodeEngine(rt, EngineOptions(auto_width=False))
     first = engine.submit(Sequence(ids(tok, "one"), max_new_tokens=100))
     engine.step()  # first decodes alone for one step
     second = engine.submit(Sequence(ids(tok, "The deadline is Thursday, April 12, 1973."), max_new_tokens=100))
@@ -146,7 +146,7 @@ def test_cache_columns_are_trimmed_when_old_rows_leave(translator):
         engine.step()
     engine.step()  # the next schedule retires the first row
     assert engine.active == [second]
-    assert engine.valid.shape[1] == engine.valid[0].sum()  # columns only the retired row used are gone
+    assert engine.batch.valid.shape[1] == engine.batch.valid[0].sum()  # columns only the retired row used are gone
     run_until_idle(engine)
     assert tok.decode(second.future.result()) == "La date limite est le jeudi 12 avril 1973."
 
@@ -155,193 +155,62 @@ def test_captioner_through_the_engine(repo):
     rt = EncoderDecoderRuntime(repo / "captioner" / "1")
     canvases, _, _ = D.make_scenes(D.digit_splits()["test"], 12, seed=2)
     images = canvases[:, None].astype(np.float32) / 255
-    engine = DecodeEngine(rt, EngineOptions(max_batch=4))
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4, auto_width=False))
     seqs = [engine.submit(Sequence(img, max_new_tokens=40)) for img in images]
     run_until_idle(engine)
     assert [s.future.result() for s in seqs] == rt.generate(images, None, DecodingOptions(max_new_tokens=40))
 
 
-# ------------------------------------------------------------------------------------ latency bounds
+# ------------------------------------------------------------------------------------ admission
 
 LOOP = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes until max_new_tokens
 
 
-def test_calibration_caps_the_batch_where_a_step_costs_too_much(translator):
-    rt, _ = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=16, max_step_slowdown=1.5))
-    engine.step()  # calibrates (nothing to decode)
-    costs = engine.step_costs
-    # each width relative to the one-sequence step timed in the same round, never below it
-    assert set(costs) == {1, 2, 3, 4, 6, 8, 12, 16} and costs[1] == 1.0 and min(costs.values()) == 1.0
-    assert 1 <= engine.batch_limit <= 16
-    # the widest before the first width over the bound
-    over = [w for w in sorted(costs) if costs[w] > 1.5]
-    assert engine.batch_limit == (max(w for w in costs if w < over[0]) if over else 16)
-    assert costs[16] > costs[1]  # sixteen sequences cost more than one on any device that runs these tests
-    # without a bound the batch is max_batch, and changing the options recalibrates at the next step
-    engine.options = EngineOptions(max_batch=16)
-    assert engine.batch_limit == 16
-    engine.options = EngineOptions(max_batch=16, max_step_slowdown=1.5)  # the bound back on: calibrated again
-    engine.step()
-    assert engine.batch_limit < 16 or not over
-    engine.options = EngineOptions(max_batch=4, max_step_slowdown=1e9)
-    engine.step()
-    assert engine.batch_limit == 4 and set(engine.step_costs) == {1, 2, 3, 4}
-
-
-def test_calibration_times_steps_fed_the_cache_the_step_before_returned(translator):
-    """As the loop feeds them: each timed step is fed the ``present.*`` arrays ONNX Runtime returned for the step before
-    it (one column longer), not the dummy arrays, which only the untimed first step of each chain gets. (Fed the dummy
-    numpy arrays, a one-sequence step took ~300 µs in some calibrations and ~210 µs in others on the same process.)"""
-    rt, _ = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=2, max_step_slowdown=1.5))
-    runs = []  # (width, columns of the cache fed, the first past array fed, the first present array returned)
-
-    class Recording:
-        def __init__(self, session):
-            self.session = session
-
-        def run(self, names, feeds):
-            out = self.session.run(names, feeds)
-            runs.append((feeds["input_ids"].shape[0], feeds["past_key_values.0.key"].shape[2],
-                         feeds["past_key_values.0.key"], out[1]))
-            return out
-
-    session, rt.decoder = rt.decoder, Recording(rt.decoder)
-    try:
-        costs = engine.calibrate(rounds=2, chain=3)
-    finally:
-        rt.decoder = session
-    assert set(costs) == {1, 2} and costs[1] == 1.0
-    chains = [runs[i : i + 4] for i in range(0, len(runs), 4)]
-    assert len(chains) == 2 * 2 and [c[0][0] for c in chains] == [1, 2, 1, 2]  # rounds × widths, widths in turn
-    for chain in chains:
-        for before, after in zip(chain, chain[1:]):
-            assert after[0] == before[0] and after[1] == before[1] + 1
-            assert after[2] is before[3]  # fed what the step before returned
-    assert chains[0][0][1] < chains[1][0][1]  # two rows carry a longer cache than one
-
-
-def test_calibrations_on_one_machine_take_turns(translator):
-    """Replicas start together; one timing its steps while another does would measure the other's load too."""
-    rt, _ = translator
-    spans = []
-
-    class Timed(DecodeEngine):
-        def calibrate(self, rounds: int = 30) -> dict[int, float]:
-            started = time.monotonic()
-            costs = super().calibrate(rounds=5)
-            spans.append((started, time.monotonic()))
-            return costs
-
-    engines = [Timed(rt, EngineOptions(max_batch=8, max_step_slowdown=1.5)) for _ in range(2)]
-    threads = [threading.Thread(target=engine._calibrate_if_needed) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    (_, first_end), (second_start, _) = sorted(spans)
-    assert first_end <= second_start, spans
-    assert all(engine.step_costs for engine in engines)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and calls glibc's malloc_trim")
-def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(translator):
-    """Its inputs for wide batches (~120 MB for the translator at 32) are freed on return, but glibc kept them from
-    the system: the replica's RSS stayed that much higher until some later free trimmed the heap, minutes later."""
-    rt, _ = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=32, max_step_slowdown=1.5))
-    thread = threading.Thread(target=engine._calibrate_if_needed)  # in a thread of its own, as in the decode loop
-    thread.start()
-    thread.join()
-    held = rss_mb(os.getpid())
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    assert held - rss_mb(os.getpid()) < 30, "a trim after the calibration still gave back this much (MB)"
-
-
-def test_configure_returns_once_the_running_loop_has_calibrated(translator):
-    # What a replica's reconfigure relies on: when configure returns, the cap is known, so no request that arrives
-    # after the replica reports ready waits behind a calibration.
-    rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=4)).start()
-    try:
-        assert engine.step_costs == {} and engine.batch_limit == 4
-        assert engine.configure(EngineOptions(max_batch=4, max_step_slowdown=1e9))
-        assert set(engine.step_costs) == {1, 2, 3, 4} and engine.batch_limit == 4
-        assert engine.configure(EngineOptions(max_batch=2, max_step_slowdown=1e9))
-        assert set(engine.step_costs) == {1, 2} and engine.batch_limit == 2
-        assert engine.configure(EngineOptions(max_batch=3))  # no bound: nothing to measure
-        assert engine.batch_limit == 3 and engine.step_costs == {}
-        assert not engine.configure(EngineOptions(max_batch=4, max_step_slowdown=1e9), timeout=0.0)  # not yet
-        seq = engine.submit(Sequence(ids(tok, "one two three"), 8))
-        assert len(seq.future.result(timeout=30)) <= 8  # and the loop decodes as before
-    finally:
-        engine.stop()
-    assert not engine.configure(EngineOptions(max_batch=2, max_step_slowdown=1e9))  # stopped: returns, unmeasured
-
-
 def test_the_batch_never_grows_past_its_limit(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=8))
+    engine = DecodeEngine(rt, EngineOptions(max_batch=8, auto_width=False))
     engine.batch_limit = 2  # as calibration would set it
     seqs = engine.submit_all([Sequence(ids(tok, LOOP), 6) for _ in range(5)])
     widths = []
     while any(s.finish_reason is None for s in seqs):
         engine.step()
-        widths.append(len(engine.active))
+        widths.append(len(engine.batch))
     assert max(widths) == 2 and all(s.finish_reason == "length" for s in seqs)
 
 
-def test_a_request_that_would_wait_too_long_is_refused_at_once(translator):
+def test_eight_concurrent_translations_all_wait_for_a_place_and_are_answered(translator):
+    """Eight clients at once on a batch of one: the first engine refused seven of them ('would wait about inf ms',
+    its bound 10 ms). Queueing is normal: every one is answered."""
     rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.010))
-    # an idle engine takes anything, however many sequences (they wait behind each other, not behind others)
-    big = engine.submit_all([Sequence(ids(tok, LOOP), 40) for _ in range(3)])
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, auto_width=False)).start()
+    try:
+        seqs = [engine.submit(Sequence(ids(tok, "Friday, March 14, 2025"), 100)) for _ in range(8)]
+        outputs = [tok.decode(s.future.result(timeout=60)) for s in seqs]
+    finally:
+        engine.stop()
+    assert outputs == [tok.decode(offline(rt, tok, ["Friday, March 14, 2025"])[0])] * 8
+    assert {s.finish_reason for s in seqs} == {"eos"} and engine.finished["rejected"] == 0
+
+
+def test_a_request_that_would_wait_past_its_budget_is_refused_at_once(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, auto_width=False, max_queue_wait_s=0.05))
+    engine.scheduler.step_s, engine.scheduler.steps_per_seq = 0.01, 100  # a row frees every second
+    big = engine.submit_all([Sequence(ids(tok, LOOP), 40) for _ in range(3)])  # an idle engine takes it
     engine.step()
-    assert len(engine.active) == 1
-    # the batch is full and nothing has left it yet: no rate to promise a slot by → refused, nothing queued
     started = time.monotonic()
-    with pytest.raises(QueueFull, match="would wait"):
+    with pytest.raises(QueueFull, match="would wait about"):
         engine.submit(Sequence(ids(tok, "one"), 5))
     assert time.monotonic() - started < 0.01 and engine.load == (1, 2)
-    # the request already running keeps its place even though its later sequences wait longer than the bound
-    time.sleep(0.03)
+    # the request already running keeps its place even though its later sequences wait longer than the budget
+    time.sleep(0.06)
     run_until_idle(engine)
     assert [s.finish_reason for s in big] == ["length"] * 3
 
 
-def test_sequences_past_their_deadline_hold_no_place_in_the_wait_estimate(translator):
-    """A request that arrives after the sequences ahead of it ran out of time, but before the loop's next step has
-    dropped them, is not refused for them (CI once refused a request for "1589 ms" of such sequences); and a slot
-    held by a sequence with a deadline frees by that deadline, whatever the recent departures say."""
+def test_a_sequence_left_waiting_past_its_budget_is_refused_then(translator):
     rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.010))
-    expiring = [Sequence(ids(tok, LOOP), 200) for _ in range(3)]
-    for seq in expiring:
-        seq.deadline = time.monotonic() + 0.05
-    engine.submit_all(expiring)
-    engine.step()
-    assert engine.load == (1, 2)
-    with pytest.raises(QueueFull, match="would wait"):  # three live sequences ahead, no departure yet: refused
-        engine.submit(Sequence(ids(tok, "one"), 5))
-    time.sleep(0.06)  # all three are past their deadline; the loop has not stepped since
-    late = engine.submit(Sequence(ids(tok, "one"), 5))
-    run_until_idle(engine)
-    assert [s.finish_reason for s in expiring] == ["deadline"] * 3 and late.finish_reason in {"eos", "length"}
-
-    soon = Sequence(ids(tok, LOOP), 200)
-    soon.deadline = time.monotonic() + 0.005
-    engine.submit(soon)
-    engine.step()
-    assert engine.expected_wait() <= 0.005
-    after = engine.submit(Sequence(ids(tok, "one"), 5))  # the batch is full, but its one slot frees within 5 ms
-    run_until_idle(engine)
-    assert soon.finish_reason == "deadline" and after.finish_reason in {"eos", "length"}
-
-
-def test_a_sequence_left_waiting_past_the_bound_is_refused_then(translator):
-    rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=1, max_queue_wait_s=0.020))
+    engine = DecodeEngine(rt, EngineOptions(max_batch=1, auto_width=False, max_queue_wait_s=0.020))
     running = engine.submit(Sequence(ids(tok, LOOP), 200))
     engine.step()
     late = Sequence(ids(tok, "one"), 5)
@@ -353,10 +222,95 @@ def test_a_sequence_left_waiting_past_the_bound_is_refused_then(translator):
     engine.stop()
 
 
-def test_latency_bounds_are_validated():
-    for bad in ({"max_step_slowdown": 0.5}, {"max_queue_wait_s": -1}, {"max_batch": 0}, {"max_queue": -1}):
-        with pytest.raises(ValueError):
-            EngineOptions(**bad)
+# ------------------------------------------------------------------------------------ beams in the batch
+
+def test_beam_requests_decode_in_the_shared_batch_and_match_the_offline_search(translator):
+    rt, tok = translator
+    texts = ["Friday, March 14, 2025", "nine hundred and ninety-nine", "The meeting is on Wednesday, September 27, 2084.",
+             "one", "Thursday, April 12, 1973"]
+    engine = DecodeEngine(rt, EngineOptions(max_batch=16, auto_width=False))
+    beams = [engine.submit(Sequence(ids(tok, t), 60, beam_size=4)) for t in texts[:3]]
+    engine.step()
+    greedy = [engine.submit(Sequence(ids(tok, t), 60)) for t in texts[3:]]
+    engine.step()
+    assert len(engine.batch) == 3 * 4 + 2  # beam rows of three requests and two greedy rows in one step
+    widest = 0
+    while engine.load != (0, 0):
+        engine.step()
+        widest = max(widest, len({s.id for s in engine.batch.owner if s.finish_reason is None}))
+    for seq, text in zip(beams, texts[:3]):
+        src = ids(tok, text)[None]
+        assert seq.future.result() == rt.generate(src, src != 0, DecodingOptions(beam_size=4, max_new_tokens=60))[0], text
+    assert [s.future.result() for s in greedy] == offline(rt, tok, texts[3:])
+
+
+def test_a_beam_request_waits_for_rows_and_is_cancelled_like_any_other(translator):
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4, auto_width=False))
+    first = engine.submit(Sequence(ids(tok, LOOP), 50))
+    engine.step()
+    beam = engine.submit(Sequence(ids(tok, "one"), 50, beam_size=4))
+    engine.step()
+    assert beam.admitted_at_step is None and len(engine.batch) == 1  # needs four rows, three are free
+    first.cancel()
+    engine.step()
+    assert first.finish_reason == "cancelled" and beam.admitted_at_step is not None and len(engine.batch) == 4
+    beam.cancel()
+    engine.step()
+    assert beam.finish_reason == "cancelled" and engine.load == (0, 0)
+
+
+# ------------------------------------------------------------------------------------ bounded, isolated
+
+def test_max_new_tokens_is_clamped_to_the_model_positions(repo):
+    """A caption asking for 256 tokens on noise, beside ordinary captions: the captioner has 48 positions, so it
+    finishes with "length" at 48 and the captions sent beside it are answered (the first engine ran position 48,
+    and ONNX Runtime's GatherND failed the whole batch)."""
+    rt = EncoderDecoderRuntime(repo / "captioner" / "1")
+    canvases, _, _ = D.make_scenes(D.digit_splits()["test"], 8, seed=2)
+    images = canvases[:, None].astype(np.float32) / 255
+    noise = np.random.default_rng(0).random((1, 32, 32), dtype=np.float32)
+    engine = DecodeEngine(rt, EngineOptions(max_batch=16, auto_width=False))
+    long = engine.submit(Sequence(noise, max_new_tokens=256))
+    seqs = [engine.submit(Sequence(img, max_new_tokens=40)) for img in images]
+    run_until_idle(engine)
+    assert long.max_new_tokens == rt.config["decoder"]["max_len"] == 48
+    assert long.finish_reason in ("eos", "length") and len(long.future.result()) <= 48
+    assert [s.future.result() for s in seqs] == rt.generate(images, None, DecodingOptions(max_new_tokens=40))
+
+
+class Faulty:
+    """A decoder session that fails any run whose batch holds a source of ``poison`` tokens (as a broken input or a
+    kernel fault would)."""
+
+    def __init__(self, session, poison: int):
+        self.session, self.poison = session, poison
+
+    def run(self, names, feeds):
+        if (feeds["cross_mask"].sum(axis=1) == self.poison).any():
+            raise RuntimeError("injected fault")
+        return self.session.run(names, feeds)
+
+
+def test_a_step_that_fails_for_one_sequence_fails_only_that_request(translator):
+    rt, tok = translator
+    texts = ["Friday, March 14, 2025", "nine hundred and ninety-nine", "one"]
+    poison = ids(tok, "The meeting is on Wednesday, September 27, 2084.")
+    assert len(poison) not in {len(ids(tok, t)) for t in texts}
+    session, rt.decoder = rt.decoder, Faulty(rt.decoder, len(poison))
+    try:
+        engine = DecodeEngine(rt, EngineOptions(max_batch=8, auto_width=False)).start()
+        good = [engine.submit(Sequence(ids(tok, t), 100)) for t in texts[:2]]
+        bad = engine.submit(Sequence(poison, 100, beam_size=2))
+        good.append(engine.submit(Sequence(ids(tok, texts[2]), 100)))
+        with pytest.raises(StepFailed, match="injected fault"):
+            bad.future.result(timeout=30)
+        outputs = [s.future.result(timeout=30) for s in good]
+        after = engine.submit(Sequence(ids(tok, "one"), 100)).future.result(timeout=30)  # the loop runs on
+        engine.stop()
+    finally:
+        rt.decoder = session
+    assert bad.finish_reason == "error" and outputs == offline(rt, tok, texts) and tok.decode(after) == "un"
 
 
 class Recorder:
@@ -377,7 +331,7 @@ def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(t
     """One decoder step in DECODER_STEP_SAMPLE reaches the step histograms (Ray's agent replays each observation:
     every step of a CPU decoder made it a CPU hog); every encoder run does."""
     rt, tok = translator
-    engine = DecodeEngine(rt, EngineOptions(max_batch=4))
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4, auto_width=False, max_queue_wait_s=600))  # all wait their turn
     engine.metrics = recorder = Recorder()
     looping = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes to max_new_tokens
     seqs = [engine.submit(Sequence(ids(tok, looping), max_new_tokens=256)) for _ in range(24)]

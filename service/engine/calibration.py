@@ -1,0 +1,113 @@
+"""How wide the batch should be on this machine: decoder steps timed at several widths, at start.
+
+The width is chosen for throughput: the narrowest width of at most ``max_batch`` whose tokens per second
+(``width / step time``) are within ``THROUGHPUT_TOLERANCE`` of the best measured. On a GPU a step of 32 rows costs
+about what a step of one does, so that is ``max_batch``; on a small CPU it is where tokens/s stop rising. Past that
+width a wider batch would only make every row slower without decoding more per second, which under load is the
+queue's time too.
+
+(The first engine capped the width where a step cost ``max_step_slowdown`` × a one-row step, a one-request latency
+bound: on 2 vCPUs it decoded one translation at a time and refused most of a concurrency of 4.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from service.runtime import EncoderDecoderRuntime, decoder_feed
+
+THROUGHPUT_TOLERANCE = 0.95
+WIDTHS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+CALIBRATION_LOCK = os.path.join(tempfile.gettempdir(), "inference-calibration.lock")  # calibrations on one machine
+# take turns, so that none times its steps beside another's (replicas start together; a step of two measured
+# 1.19-1.32× a step of one with another model calibrating beside it, 1.13-1.24× alone, on 2 vCPUs)
+
+
+def release_freed_heap() -> None:
+    """Hand the heap memory freed so far back to the system: glibc keeps a calibration's wide-batch inputs (~120 MB
+    for the translator at 32) for reuse, and the replica's RSS dropped by that much minutes later (a soak read it as
+    a 22 % change of RSS)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim this way
+        pass
+
+
+def choose_width(seconds: dict[int, float], tolerance: float = THROUGHPUT_TOLERANCE) -> int:
+    """The narrowest width whose rows per second are within ``tolerance`` of the best: ``{width: step seconds}``."""
+    rate = {w: w / s for w, s in seconds.items()}
+    best = max(rate.values())
+    return min(w for w, r in rate.items() if r >= tolerance * best)
+
+
+def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4) -> dict[int, float]:
+    """Seconds of one decoder step at each width up to ``max_batch``: ``{width: seconds}``, one calibration at a time
+    per machine (a lock file).
+
+    Dummy inputs shaped like ordinary requests at load: a source half the encoder's longest (at most 128 tokens)
+    or one blank image, and a random cache a full batch of that width carries, ``L·(1 − 1/(2·width))`` columns for
+    ``L = min(64, max_len)`` positions (rows of a full batch start one after another as others finish). A width is
+    timed the way the loop feeds it: ``chain`` consecutive steps, each fed the cache the step before returned, after
+    one untimed step (a shape's first use plans its kernels). Each round times every width once, back to back; a
+    width's time is the median over rounds scaled by the one-row median, so a burst of work elsewhere on the
+    machine, which slows the widths timed beside it alike, does not move the ratios.
+    """
+    with open(CALIBRATION_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        try:
+            return _measure(runtime, max_batch, rounds, chain)
+        finally:
+            release_freed_heap()
+
+
+def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int) -> dict[int, float]:
+    cfg = rt.config
+    heads, head_dim, layers = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"], rt.layers
+    positions = max(2 + chain, min(64, cfg["decoder"]["max_len"]))  # L
+
+    def columns(b: int) -> int:
+        return max(1, min(positions - 1 - chain, round(positions * (1 - 1 / (2 * b)))))
+
+    rng = np.random.default_rng(0)
+    if cfg.get("encoder", {}).get("input", "input_ids") == "input_ids":
+        length = max(1, min(128, cfg.get("encoder", {}).get("max_source_tokens", 48) // 2))
+        source = (np.arange(length, dtype=np.int64) % (cfg["decoder"]["vocab_size"] - 4) + 4)[None]
+        cross, cross_mask = rt.encode(source, np.ones(source.shape, dtype=bool))
+    else:
+        size = cfg["encoder"]["image_size"]
+        cross, cross_mask = rt.encode(np.zeros((1, 1, size, size), dtype=np.float32), None)
+    widths = sorted({b for b in WIDTHS if b <= max_batch} | {max_batch})
+    bos = cfg["special_tokens"]["bos"]
+    fixed = {b: ([np.repeat(a, b, axis=0) for a in cross], np.repeat(cross_mask, b, axis=0)) for b in widths}
+    start = {b: [rng.standard_normal((b, heads, columns(b), head_dim)).astype(rt.float_type) for _ in range(2 * layers)]
+             for b in widths}
+
+    def timed(b: int) -> float:
+        past, took = start[b], 0.0
+        cross_b, mask_b = fixed[b]
+        for k in range(chain + 1):
+            p = past[0].shape[2]
+            feed = decoder_feed(np.full((b, 1), bos, dtype=np.int64), np.full((b, 1), p, dtype=np.int64),
+                                np.ones((b, p + 1), dtype=bool), mask_b, past, cross_b)
+            began = time.perf_counter()
+            past = rt.decoder.run(None, feed)[1:]  # present.*: the next step's cache
+            if k:
+                took += time.perf_counter() - began
+        return took / chain
+
+    ratios: dict[int, list[float]] = {b: [] for b in widths}
+    ones = []
+    for _ in range(rounds):
+        took = {b: timed(b) for b in widths}
+        ones.append(took[widths[0]])
+        for b in widths:
+            ratios[b].append(took[b] / took[widths[0]])
+    one = float(np.median(ones))
+    # never below a one-row step: a wider step costs no less, whatever the timer says
+    return {b: one * max(1.0, float(np.median(ratios[b]))) for b in widths}

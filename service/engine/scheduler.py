@@ -1,0 +1,187 @@
+"""Who decodes next: the waiting queue, admission by goodput, and the wait estimate (pure Python, no model).
+
+Queueing is normal. A request waits while the batch is full and is refused only when it cannot be served within
+its budget: its own deadline (``X-Request-Timeout-Ms`` / the gRPC deadline) where it has one, else
+``max_queue_wait_s`` of waiting for a place in the batch. It is refused at once (``QueueFull``, answered 503 /
+RESOURCE_EXHAUSTED) when the estimate already says it cannot make it, and later (``finish_reason`` "rejected")
+if it is still waiting when its budget runs out; so nothing waits without end, and nothing is refused that the
+service could have done in time.
+
+The estimate is a model, not a recent departure rate: rows ahead of a request leave a full batch of width ``W``
+at ``W / (steps per sequence × step time)`` per second. Both factors are running means of what the loop measured,
+starting from priors (the calibration's step time; ``PRIOR_STEPS``) so that an engine that is merely starting
+answers a finite wait, never infinity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+PRIOR_STEPS = 24.0  # steps a sequence decodes, before any has finished (a short translation or a caption: 8-30)
+PRIOR_STEP_S = 0.005  # a decoder step's time before calibration or any step has measured one
+EMA = 0.05  # weight of a new observation in the running means (about the last 20)
+
+
+class QueueFull(RuntimeError):
+    """The engine cannot take the request: the caller answers 503 / RESOURCE_EXHAUSTED. ``reason``: "queue_full"
+    (its rows do not fit the queue) or "expected_wait" (it would wait past its budget for a place)."""
+
+    def __init__(self, message: str, reason: str = "queue_full") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_batch: int = 32  # rows (a greedy sequence is one row, a beam request beam_size) decoded together in a step
+    max_queue: int = 1024  # rows waiting beyond this are refused at once (QueueFull "queue_full")
+    # A request without a deadline of its own waits at most this long for a place in the batch: refused at once
+    # when the estimate says it would wait longer, or when it has. One second: long enough to ride out a burst (a
+    # full batch of short translations turns over in ~0.1-0.3 s on 2 CPUs), short enough that a client told to
+    # retry hears it before it would have given up on a human-facing call.
+    max_queue_wait_s: float = 1.0
+    # True: the batch width is the one of at most max_batch where decoded tokens per second stop rising, measured
+    # at start (calibration: on a GPU usually max_batch itself). False: max_batch, unmeasured.
+    auto_width: bool = True
+    idle_wait_s: float = 0.05  # how long the loop sleeps when there is nothing to do
+    # "iteration": admit waiting sequences at every step (the point of this engine). "static": admit only when the
+    # batch has emptied (request-level batching, what @serve.batch gives); kept to measure against, not for use.
+    scheduling: str = "iteration"
+
+    def __post_init__(self) -> None:
+        if self.scheduling not in ("iteration", "static"):
+            raise ValueError(f"scheduling must be 'iteration' or 'static', got {self.scheduling!r}")
+        if self.max_batch < 1 or self.max_queue < 0:
+            raise ValueError(f"max_batch must be ≥ 1 and max_queue ≥ 0, got {self.max_batch} and {self.max_queue}")
+        if not self.max_queue_wait_s > 0:
+            raise ValueError(f"max_queue_wait_s must be > 0, got {self.max_queue_wait_s}")
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One source (a text or an image) of a request. ``future`` resolves to the generated token ids (EOS
+    excluded): the argmax path for ``beam_size`` 1, the best hypothesis for more (each beam is a row)."""
+
+    source: object  # encoder input for one source: token ids (S,) or an image (1, H, W)
+    max_new_tokens: int
+    deadline: float | None = None  # time.monotonic() after which the sequence is dropped (504)
+    on_token: Callable[[int], None] | None = None  # called from the engine thread for each new token (greedy)
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    id: int = field(default_factory=itertools.count().__next__)
+    tokens: list[int] = field(default_factory=list)
+    future: Future = field(default_factory=Future)
+    cancelled: bool = False
+    finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "rejected" | "error"
+    error: str | None = None  # why, for "error"
+    admitted_at_step: int | None = None
+    finished_at_step: int | None = None
+    steps: int = 0  # decoder steps it took part in
+    submitted_at: float = field(default_factory=time.monotonic)
+    leader: Sequence | None = None  # the first sequence of its request (submit_all)
+    first_token_at: float | None = None
+    search: object | None = None  # the engine's per-sequence search state (BeamState for beams)
+    rows: list[int] = field(default_factory=list)  # its rows in the running batch
+
+    @property
+    def width(self) -> int:
+        """Rows it takes in the batch."""
+        return self.beam_size
+
+    def cancel(self) -> None:
+        """Drop the sequence at the next step boundary (client gone); its rows are freed then."""
+        self.cancelled = True
+
+    def gone(self, now: float) -> bool:
+        """Finished, cancelled or past its deadline: it holds no place any more (the loop drops it next step)."""
+        return self.cancelled or self.finish_reason is not None or (self.deadline is not None and now > self.deadline)
+
+
+class Scheduler:
+    """The waiting queue and its admission rules. Not thread-safe: the engine calls it under its lock."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.waiting: deque[Sequence] = deque()
+        self.step_s = PRIOR_STEP_S  # running mean of a full-width step's seconds
+        self.steps_per_seq = PRIOR_STEPS  # running mean of the steps a finished sequence took
+
+    # ---------------------------------------------------------------------------- estimates
+    def observed_step(self, seconds: float) -> None:
+        self.step_s += EMA * (seconds - self.step_s)
+
+    def observed_finish(self, steps: int) -> None:
+        self.steps_per_seq += EMA * (max(1, steps) - self.steps_per_seq)
+
+    def waiting_rows(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        return sum(s.width for s in self.waiting if not s.gone(now))
+
+    def expected_wait(self, width: int, live_rows: int, limit: int, now: float) -> float:
+        """Seconds a request of ``width`` rows arriving now would wait for its place: 0 while the batch has room
+        for it and everything ahead of it, else the rows that must leave first ÷ the rate rows leave a full batch.
+        Finite always (the priors stand in until the loop has measured)."""
+        need = self.waiting_rows(now) + width - max(0, limit - live_rows)
+        if need <= 0:
+            return 0.0
+        rate = limit / (self.steps_per_seq * self.step_s)  # rows leaving per second
+        return need / rate
+
+    # ---------------------------------------------------------------------------- submit / admit
+    def budget(self, seq: Sequence, now: float) -> float:
+        """Seconds it may wait for a place: up to its own deadline, else max_queue_wait_s."""
+        return self.options.max_queue_wait_s if seq.deadline is None else seq.deadline - now
+
+    def submit(self, seqs: list[Sequence], live_rows: int, limit: int, now: float) -> None:
+        """Queue one request's sequences together, or none of them (``QueueFull``: no partial work)."""
+        width = sum(s.width for s in seqs)
+        if too_wide := [s.width for s in seqs if s.width > limit]:
+            raise QueueFull(f"beam_size {too_wide[0]} needs more rows than the batch holds ({limit})")
+        queued = self.waiting_rows(now)
+        if queued + width > self.options.max_queue:
+            raise QueueFull(f"{queued} rows already waiting, room for {self.options.max_queue}")
+        wait = self.expected_wait(seqs[0].width, live_rows, limit, now)  # its later sequences wait behind its own work
+        if wait > (budget := self.budget(seqs[0], now)):
+            raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a place in the batch, over its budget of "
+                            f"{max(budget, 0) * 1e3:.0f} ms", "expected_wait")
+        for seq in seqs:
+            seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at
+        self.waiting.extend(seqs)
+
+    def admit(self, room: int, now: float) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
+        """(The sequences that take up to ``room`` rows now, in arrival order; those to finish instead, with why).
+
+        First come, first served: a beam request at the head that does not fit yet is not overtaken (it would
+        starve behind a stream of one-row requests); it waits for its rows."""
+        admitted, dropped = [], []
+        while self.waiting:
+            seq = self.waiting[0]
+            if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
+                dropped.append((self.waiting.popleft(), "cancelled" if seq.cancelled else "deadline"))
+                continue
+            if seq.width > room:
+                break
+            admitted.append(self.waiting.popleft())
+            room -= seq.width
+        return admitted, dropped + self._overdue(now)
+
+    def _overdue(self, now: float) -> list[tuple[Sequence, str]]:
+        """The requests without a deadline still waiting past max_queue_wait_s none of whose sequences has started
+        (a request whose first sequences are decoding keeps its place: the rest wait behind its own work)."""
+        cutoff = now - self.options.max_queue_wait_s
+        if not self.waiting or self.waiting[0].submitted_at >= cutoff:
+            return []
+        keep, refused = deque(), []
+        for seq in self.waiting:
+            leader = seq.leader or seq
+            if seq.deadline is None and seq.submitted_at < cutoff and leader.admitted_at_step is None:
+                refused.append((seq, "rejected"))
+            else:
+                keep.append(seq)
+        self.waiting = keep
+        return refused

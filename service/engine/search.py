@@ -1,0 +1,89 @@
+"""The search of one sequence, one step at a time: greedy (one row) or beam search (K rows).
+
+The engine's loop and the offline ``service.decoding.beam_search`` both advance a ``BeamState`` per source, so
+a beam request gives the same tokens whether it decodes alone offline or inside the engine's shared batch.
+Numpy only: no ONNX Runtime, no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax_top(logits: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``c`` best tokens and their log-probabilities: ``(tokens (R, c), logp (R, c) float64)``.
+
+    The top ``c`` are selected first (linear time, ``argpartition``) and only they are scored; the normaliser is
+    computed in float64 over the whole row."""
+    logits = logits.astype(np.float32, copy=False)
+    c = min(c, logits.shape[1])
+    tokens = np.argpartition(-logits, c - 1, axis=1)[:, :c]  # (R, c)
+    shifted = logits - logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(-1, keepdims=True, dtype=np.float64))  # (R, 1)
+    return tokens, np.take_along_axis(shifted, tokens, axis=1).astype(np.float64) - lse
+
+
+class BeamState:
+    """Beam search over one source: ``k`` hypotheses, ``k`` rows of a batch.
+
+    A hypothesis ends when it emits EOS; the ``k`` best ended ones are kept. The search is done once ``k`` have
+    ended and no open beam, scored at its current length, beats the worst of those ``k``: no open beam would enter
+    them any more (``transformers``' ``BeamHypotheses.is_done`` with ``early_stopping=False``). Comparing with the
+    best ended one instead stopped too early: "She speaks Japanese." ended as "Elle parle jais." at beam 4, where
+    the search run to its length limit and greedy both give "Elle parle japonais.". Stopping at the first ``k``
+    endings lets short hypotheses crowd out a better, longer one. Scores are length-normalised:
+    ``sum log p / length ** penalty``.
+    """
+
+    def __init__(self, k: int, eos: int, length_penalty: float = 1.0) -> None:
+        self.k, self.eos, self.length_penalty = k, eos, length_penalty
+        self.c = 2 * k  # candidates per step: enough to refill k beams after EOS ones
+        self.scores = np.full(k, -np.inf)
+        self.scores[0] = 0.0  # all beams start identical: only the first is alive at step 0
+        self.seqs: list[list[int]] = [[] for _ in range(k)]
+        self.finished: list[tuple[float, list[int]]] = []  # (normalised score, tokens), best first, at most k
+
+    def norm(self, length: int) -> float:
+        return max(length, 1) ** self.length_penalty
+
+    def advance(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Next-token logits of the ``k`` rows ``(k, V)`` → (for each row, the row it continues from ``(k,)``; the
+        token it is fed next ``(k,)``; whether the search is done)."""
+        k, c = self.k, self.c
+        cand_tok, cand_logp = log_softmax_top(logits, c)  # (k, c)
+        c = cand_tok.shape[1]
+        total = (self.scores[:, None] + cand_logp).reshape(-1)  # (k*c,)
+        order = np.argsort(-total, kind="stable")[: 2 * k]
+        rows, tokens, scores, seqs = [], [], [], []
+        for cand in order:
+            beam, j = divmod(int(cand), c)
+            score, token = float(total[cand]), int(cand_tok[beam, j])
+            if not np.isfinite(score):
+                continue
+            if token == self.eos:
+                self.finished.append((score / self.norm(len(self.seqs[beam]) + 1), self.seqs[beam]))
+                self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
+                continue
+            if len(rows) < k:
+                rows.append(beam)
+                tokens.append(token)
+                scores.append(score)
+                seqs.append(self.seqs[beam] + [token])
+        while len(rows) < k:  # fewer live candidates than beams: pad with dead copies
+            rows.append(0)
+            tokens.append(self.eos)
+            scores.append(-np.inf)
+            seqs.append(self.seqs[0])
+        self.scores, self.seqs = np.array(scores), seqs
+        return np.array(rows, dtype=np.int64), np.array(tokens, dtype=np.int64), self.done()
+
+    def done(self) -> bool:
+        if len(self.finished) < self.k:
+            return False
+        best_open = max((s / self.norm(len(q)) for s, q in zip(self.scores, self.seqs) if np.isfinite(s)), default=-np.inf)
+        return best_open < self.finished[-1][0]
+
+    def best(self) -> list[int]:
+        """The best hypothesis: ended ones, and the open beams too (a search cut by its length limit)."""
+        candidates = list(self.finished) + [(s / self.norm(len(q)), q) for s, q in zip(self.scores, self.seqs) if np.isfinite(s)]
+        return list(max(candidates, key=lambda f: f[0])[1]) if candidates else []

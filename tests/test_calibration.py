@@ -1,0 +1,116 @@
+"""The batch width: steps timed at start, the width chosen where tokens per second stop rising."""
+
+import ctypes
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.engine import DecodeEngine, EngineOptions, Sequence
+from service.engine import calibration
+from service.engine.calibration import choose_width, step_seconds
+from service.runtime import EncoderDecoderRuntime
+from tests.servicekit import rss_mb
+
+
+@pytest.fixture(scope="module")
+def rt(repo):
+    return EncoderDecoderRuntime(repo / "translator" / "1")
+
+
+def test_the_width_is_where_tokens_per_second_stop_rising():
+    # a CPU: throughput rises to 16 then falls; 12 is within 5 % of the best
+    cpu = {1: 1.0, 2: 1.4, 4: 2.2, 8: 3.9, 12: 5.3, 16: 7.0, 24: 12.0, 32: 18.0}
+    assert max(cpu, key=lambda w: w / cpu[w]) == 16 and choose_width(cpu) == 12
+    # a GPU: a step of 32 costs about what a step of one does
+    gpu = {1: 1.0, 2: 1.0, 4: 1.01, 8: 1.02, 16: 1.05, 32: 1.1}
+    assert choose_width(gpu) == 32
+    # a machine where one row is already the best
+    assert choose_width({1: 1.0, 2: 2.5, 4: 6.0}) == 1
+
+
+def test_step_seconds_times_every_width_fed_the_cache_the_step_before_returned(rt):
+    """As the loop feeds them: each timed step is fed the ``present.*`` ONNX Runtime returned for the step before it
+    (one column longer); only the untimed first step of a chain gets the dummy arrays."""
+    runs = []  # (width, columns of the cache fed, the first past array fed, the first present array returned)
+
+    class Recording:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            out = self.session.run(names, feeds)
+            runs.append((feeds["input_ids"].shape[0], feeds["past_key_values.0.key"].shape[2],
+                         feeds["past_key_values.0.key"], out[1]))
+            return out
+
+    session, rt.decoder = rt.decoder, Recording(rt.decoder)
+    try:
+        seconds = step_seconds(rt, 2, rounds=2, chain=3)
+    finally:
+        rt.decoder = session
+    assert set(seconds) == {1, 2} and 0 < seconds[1] <= seconds[2]
+    chains = [runs[i : i + 4] for i in range(0, len(runs), 4)]
+    assert len(chains) == 2 * 2 and [c[0][0] for c in chains] == [1, 2, 1, 2]  # rounds × widths, widths in turn
+    for chain in chains:
+        for before, after in zip(chain, chain[1:]):
+            assert after[0] == before[0] and after[1] == before[1] + 1
+            assert after[2] is before[3]  # fed what the step before returned
+    assert chains[0][0][1] < chains[1][0][1]  # two rows carry a longer cache than one
+
+
+def test_calibrations_on_one_machine_take_turns(rt, monkeypatch):
+    """Replicas start together; one timing its steps while another does would measure the other's load too."""
+    spans, measure = [], calibration._measure
+
+    def timed(*args):
+        started = time.monotonic()
+        try:
+            return measure(*args)
+        finally:
+            spans.append((started, time.monotonic()))
+
+    monkeypatch.setattr(calibration, "_measure", timed)
+    threads = [threading.Thread(target=step_seconds, args=(rt, 4, 3)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, spans
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and calls glibc's malloc_trim")
+def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(rt):
+    """Its inputs for wide batches are freed on return, but glibc kept them from the system: the replica's RSS
+    stayed that much higher until some later free trimmed the heap, minutes later."""
+    thread = threading.Thread(target=step_seconds, args=(rt, 32, 2))  # in a thread of its own, as in the loop
+    thread.start()
+    thread.join()
+    held = rss_mb(os.getpid())
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    assert held - rss_mb(os.getpid()) < 30, "a trim after the calibration still gave back this much (MB)"
+
+
+def test_the_engine_batches_as_wide_as_its_calibration_says_and_configure_waits_for_it(rt):
+    # What a replica's reconfigure relies on: when configure returns, the width is known, so no request that arrives
+    # after the replica reports ready waits behind a calibration.
+    engine = DecodeEngine(rt, EngineOptions(max_batch=4, auto_width=False)).start()
+    try:
+        assert engine.step_times == {} and engine.batch_limit == 4
+        assert engine.configure(EngineOptions(max_batch=8))
+        assert set(engine.step_times) == {1, 2, 4, 8} and engine.batch_limit == choose_width(engine.step_times)
+        assert engine.scheduler.step_s == engine.step_times[engine.batch_limit]  # the wait estimate's prior
+        assert engine.configure(EngineOptions(max_batch=2))
+        assert set(engine.step_times) == {1, 2}
+        assert engine.configure(EngineOptions(max_batch=3, auto_width=False))  # nothing to measure
+        assert engine.batch_limit == 3 and engine.step_times == {}
+        assert not engine.configure(EngineOptions(max_batch=4), timeout=0.0)  # not yet
+        seq = engine.submit(Sequence(np.array([5, 6, 7, 3]), 8))
+        assert len(seq.future.result(timeout=30)) <= 8  # and the loop decodes as before
+    finally:
+        engine.stop()
+    assert not engine.configure(EngineOptions(max_batch=2))  # stopped: returns, unmeasured

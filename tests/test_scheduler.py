@@ -1,0 +1,103 @@
+"""The engine's queue and admission, without a model: queueing is normal, refusal only past a request's budget."""
+
+import time
+
+import pytest
+
+from service.engine.scheduler import PRIOR_STEP_S, PRIOR_STEPS, EngineOptions, QueueFull, Scheduler, Sequence
+
+
+def seq(width=1, deadline=None, submitted_at=None):
+    s = Sequence(source=None, max_new_tokens=10, beam_size=width, deadline=deadline)
+    if submitted_at is not None:
+        s.submitted_at = submitted_at
+    return s
+
+
+def test_a_starting_engine_estimates_a_finite_wait():
+    """Nothing has left the batch yet: the estimate comes from the priors, never infinity (the first engine answered
+    'would wait about inf ms' to the second client of a fresh replica)."""
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    assert sched.expected_wait(1, live_rows=32, limit=32, now=now) == pytest.approx(PRIOR_STEPS * PRIOR_STEP_S / 32)
+    assert sched.expected_wait(1, live_rows=31, limit=32, now=now) == 0.0
+
+
+def test_requests_queue_behind_a_full_batch_instead_of_being_refused():
+    sched = Scheduler(EngineOptions(max_queue_wait_s=1.0))
+    now = time.monotonic()
+    for _ in range(64):  # 64 clients behind a full batch of 32: a few batches' worth of waiting, well within 1 s
+        sched.submit([seq()], live_rows=32, limit=32, now=now)
+    assert len(sched.waiting) == 64
+
+
+def test_a_request_that_cannot_make_its_budget_is_refused_at_once():
+    sched = Scheduler(EngineOptions(max_queue_wait_s=1.0))
+    sched.step_s, sched.steps_per_seq = 0.01, 50  # a full batch of 4 frees a row every 0.125 s
+    now = time.monotonic()
+    for _ in range(8):
+        sched.submit([seq()], live_rows=4, limit=4, now=now)  # the 8th waits for 8 rows to leave: 1.0 s, its budget
+    with pytest.raises(QueueFull, match="would wait about 1125 ms") as refused:
+        sched.submit([seq()], live_rows=4, limit=4, now=now)
+    assert refused.value.reason == "expected_wait" and len(sched.waiting) == 8
+    # a request whose own deadline is further off may wait for it
+    sched.submit([seq(deadline=now + 5)], live_rows=4, limit=4, now=now)
+    # and one whose deadline is nearer than the wait is refused now, not left to time out
+    with pytest.raises(QueueFull, match="budget of 100 ms"):
+        sched.submit([seq(deadline=now + 0.1)], live_rows=4, limit=4, now=now)
+
+
+def test_queue_bound_counts_rows_and_a_request_is_queued_whole_or_not_at_all():
+    sched = Scheduler(EngineOptions(max_queue=8))
+    now = time.monotonic()
+    sched.submit([seq(width=4)], live_rows=0, limit=32, now=now)
+    with pytest.raises(QueueFull, match="4 rows already waiting, room for 8") as refused:
+        sched.submit([seq(), seq(width=4)], live_rows=0, limit=32, now=now)
+    assert refused.value.reason == "queue_full" and len(sched.waiting) == 1
+
+
+def test_a_beam_wider_than_the_batch_is_refused():
+    with pytest.raises(QueueFull, match="beam_size 8 needs more rows than the batch holds"):
+        Scheduler(EngineOptions()).submit([seq(width=8)], live_rows=0, limit=4, now=time.monotonic())
+
+
+def test_admission_is_first_come_first_served_by_rows():
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    one, beam, two = seq(), seq(width=4), seq()
+    for s in (one, beam, two):
+        sched.submit([s], live_rows=32, limit=32, now=now)
+    admitted, dropped = sched.admit(3, now)
+    assert admitted == [one] and dropped == []  # the beam needs 4: it waits, and the one behind it is not let past
+    admitted, _ = sched.admit(5, now)
+    assert admitted == [beam, two]
+
+
+def test_cancelled_expired_and_overdue_sequences_are_dropped_with_their_reason():
+    sched = Scheduler(EngineOptions(max_queue_wait_s=0.5))
+    now = time.monotonic()
+    cancelled, expired = seq(), seq(deadline=now + 0.01)
+    old, patient, fresh = seq(submitted_at=now - 1), seq(deadline=now + 10, submitted_at=now - 1), seq()
+    for s in (cancelled, expired, old, patient, fresh):
+        sched.waiting.append(s)
+    cancelled.cancel()
+    admitted, dropped = sched.admit(0, now + 0.02)
+    assert admitted == [] and dropped == [(cancelled, "cancelled"), (expired, "deadline"), (old, "rejected")]
+    assert list(sched.waiting) == [patient, fresh]  # a request with a deadline waits up to it, not the default
+
+
+def test_the_estimate_follows_what_the_loop_measured():
+    sched = Scheduler(EngineOptions())
+    for _ in range(200):
+        sched.observed_step(0.002)
+        sched.observed_finish(10)
+    assert sched.step_s == pytest.approx(0.002, rel=1e-3) and sched.steps_per_seq == pytest.approx(10, rel=1e-3)
+    now = time.monotonic()
+    # 16 rows to free from a batch of 16, each row staying 10 steps of 2 ms: 20 ms
+    assert sched.expected_wait(1, live_rows=16, limit=16, now=now) == pytest.approx(1 * 10 * 0.002 / 16, rel=1e-2)
+
+
+@pytest.mark.parametrize("bad", [{"max_queue_wait_s": 0}, {"max_batch": 0}, {"max_queue": -1}, {"scheduling": "x"}])
+def test_options_are_validated(bad):
+    with pytest.raises(ValueError):
+        EngineOptions(**bad)

@@ -1,0 +1,45 @@
+"""One sequence's beam search, a step at a time (numpy only)."""
+
+import numpy as np
+
+from service.engine.search import BeamState, log_softmax_top
+
+EOS = 3
+
+
+def test_log_softmax_top_gives_each_rows_best_tokens_with_their_log_probabilities():
+    logits = np.random.default_rng(0).standard_normal((3, 50)).astype(np.float32)
+    tokens, logp = log_softmax_top(logits, 4)
+    full = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    for r in range(3):
+        assert set(tokens[r]) == set(np.argsort(-logits[r])[:4])
+        np.testing.assert_allclose(logp[r], full[r, tokens[r]], rtol=1e-5)
+
+
+def step_logits(preferences: list[dict[int, float]], vocab: int = 8) -> np.ndarray:
+    """One row per beam: log-probabilities with the given tokens preferred, the rest tiny."""
+    out = np.full((len(preferences), vocab), -20.0, dtype=np.float32)
+    for row, prefs in enumerate(preferences):
+        for token, p in prefs.items():
+            out[row, token] = np.log(p)
+    return out
+
+
+def test_beams_follow_the_best_continuations_and_end_at_eos():
+    state = BeamState(2, EOS)
+    rows, tokens, done = state.advance(step_logits([{4: 0.6, 5: 0.4}, {6: 1.0}]))  # step 0: only beam 0 is alive
+    assert list(rows) == [0, 0] and list(tokens) == [4, 5] and not done
+    # beam 0 (after 4) ends; beam 1 (after 5) goes on to 7 with certainty
+    rows, tokens, done = state.advance(step_logits([{EOS: 0.9, 7: 0.1}, {7: 1.0}]))
+    assert list(rows)[0] == 1 and list(tokens)[0] == 7 and len(state.finished) == 1
+    rows, tokens, done = state.advance(step_logits([{EOS: 1.0}, {EOS: 1.0}]))
+    assert done and state.best() in ([4], [5, 7])
+    # length-normalised: log(.6·.9)/2 = -0.31 against log(.4)/3 = -0.31 ... the search keeps the better of them
+    scores = {tuple(seq): score for score, seq in state.finished}
+    assert state.best() == list(max(scores, key=scores.get))
+
+
+def test_a_search_cut_by_its_length_limit_returns_its_best_open_beam():
+    state = BeamState(2, EOS)
+    state.advance(step_logits([{4: 0.7, 5: 0.3}, {6: 1.0}]))
+    assert state.best() == [4]
