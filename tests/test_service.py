@@ -25,12 +25,12 @@ def test_health(url):
     r = requests.get(url + "/readyz")
     assert r.status_code == 200 and r.json()["ready"] is True
     assert "/v1/translate" in requests.get(url + "/openapi.json").json()["paths"]
-    # Ready means the decoders have already timed their steps and capped their batches (reconfigure waits for it):
-    # no request that arrives after /readyz says ready waits behind a calibration.
+    # Ready means the decoders have already timed their steps and chosen their batch width (reconfigure waits for
+    # it): no request that arrives after /readyz says ready waits behind a calibration.
     for name in ("Translator", "Captioner"):
         st = stats(name)
-        assert st["max_step_slowdown"] == 1.2 and set(st["step_costs"]) >= {1, 2}, st
-        assert 1 <= st["batch_limit"] <= st["max_batch_size"], st
+        assert st["auto_width"] and set(st["step_times"]) >= {1, 2, 4, 8}, st
+        assert 1 <= st["batch_limit"] <= st["max_batch_size"] and st["max_queue_wait_ms"] == 2000, st
 
 
 def test_translate_equals_the_offline_engine(url, repo):
@@ -298,12 +298,12 @@ def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub):
 
 
 def test_deadline_stops_a_beam_search(url):
-    """Beam search runs outside the engine, in a worker thread: the deadline stops it between two steps."""
+    """Beams are rows of the engine's batch: the deadline takes them out between two steps like any sequence."""
     before = time.monotonic()
     r = requests.post(url + "/v1/translate", json={"texts": [LONG_TEXT] * 64, "beam_size": 8, "max_new_tokens": 256},
                       headers={"X-Request-Timeout-Ms": "100"})
     assert r.status_code == 504 and time.monotonic() - before < 1.0
-    wait_for(lambda: stats("Translator")["beams_running"] == 0, timeout=0.5, what="the beam search to stop")
+    wait_for(drained, timeout=2.0, what="the beams to leave the decode loop")
     ok = requests.post(url + "/v1/translate", json={"text": "nine", "beam_size": 2}, headers={"X-Request-Timeout-Ms": "10000"})
     assert ok.status_code == 200 and ok.json()["translations"] == ["neuf"]
 

@@ -69,11 +69,10 @@ def busy_translator(service, url):
     """31 long decodes in the background, one short of the engine's batch of 32 so that the stream joins the
     running batch at once: every step is slower, the stream lasts ~1 s, and a disconnect cannot be overtaken by
     the sequence simply finishing. (With a full batch the stream would wait for the background to finish and
-    then run alone, fast enough to end before the cancel lands.) The latency bounds are off meanwhile (applied in
-    place): they would keep the batch at a few sequences."""
-    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 256}):
-        wait_for(lambda: (lambda st: st["max_queue_wait_ms"] is None and st["batch_limit"] == 32)(stats("Translator")),
-                 what="the latency bounds to go")
+    then run alone, fast enough to end before the cancel lands.) The width is max_batch_size meanwhile, not the
+    measured one (applied in place)."""
+    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "auto_width": False}):
+        wait_for(lambda: stats("Translator")["batch_limit"] == 32, what="the width to be 32")
         width = stats("Translator")["max_batch_size"] - 1
         thread = threading.Thread(target=requests.post, args=(url + "/v1/translate",),
                                   kwargs={"json": {"texts": [LOOPING_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})

@@ -41,10 +41,11 @@ class EngineOptions:
     max_batch: int = 32  # rows (a greedy sequence is one row, a beam request beam_size) decoded together in a step
     max_queue: int = 1024  # rows waiting beyond this are refused at once (QueueFull "queue_full")
     # A request without a deadline of its own waits at most this long for a place in the batch: refused at once
-    # when the estimate says it would wait longer, or when it has. One second: long enough to ride out a burst (a
-    # full batch of short translations turns over in ~0.1-0.3 s on 2 CPUs), short enough that a client told to
-    # retry hears it before it would have given up on a human-facing call.
-    max_queue_wait_s: float = 1.0
+    # when the estimate says it would wait longer, or when it has. Two seconds: a refusal tells the client to retry
+    # after 1 s (Retry-After), so refusing a request that would wait less than about that only makes it later; 64
+    # closed-loop clients of beam-4 translations waited 0.5-0.6 s for a place on 2 vCPUs, so a machine half as fast
+    # still serves them all; and a human-facing call that has not started within 2 s is better told to go elsewhere.
+    max_queue_wait_s: float = 2.0
     # True: the batch width is the one of at most max_batch where decoded tokens per second stop rising, measured
     # at start (calibration: on a GPU usually max_batch itself). False: max_batch, unmeasured.
     auto_width: bool = True
