@@ -237,7 +237,7 @@ def test_full_decode_queue_is_503_with_retry_after_and_resource_exhausted(servic
             stub.Translate(pb.TranslateRequest(texts=texts), timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
         assert requests.post(url + "/v1/translate", json={"texts": texts[:2]}).status_code == 200  # what fits is served
-    wait_for(lambda: stats("Translator")["max_queue"] == 256, what="the original queue bound")
+    wait_for(lambda: stats("Translator")["max_queue"] == 1024, what="the original queue bound")
     assert stats("Translator")["pid"] == pid
 
 
