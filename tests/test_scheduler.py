@@ -101,3 +101,16 @@ def test_the_estimate_follows_what_the_loop_measured():
 def test_options_are_validated(bad):
     with pytest.raises(ValueError):
         EngineOptions(**bad)
+
+
+def test_sequences_past_their_deadline_hold_no_place_in_the_wait_estimate():
+    """A request arriving after the sequences ahead of it ran out of time, but before the loop's next step dropped
+    them, is not refused for them (CI once refused a request for "1589 ms" of such sequences)."""
+    sched = Scheduler(EngineOptions(max_queue_wait_s=0.001))
+    now = time.monotonic()
+    for _ in range(50):
+        sched.waiting.append(seq(deadline=now + 0.01))
+    assert sched.expected_wait(1, live_rows=4, limit=4, now=now) > 0.001
+    later = now + 0.02  # all fifty expired; nothing has stepped since
+    assert sched.waiting_rows(later) == 0
+    sched.submit([seq()], live_rows=3, limit=4, now=later)  # a free row, nobody ahead: admitted

@@ -8,10 +8,11 @@
    of 32 images; the same with ``max_batch_size: 1`` (redeployed live through ``user_config``, no batching); and
    ONNX Runtime offline on batches of 32 in this process with the service's session options. Goals: served ≥ 0.9×
    offline batch-32 images/s, and ≥ 4× batch-1 serving.
-2. Translation, iteration-level vs static batching: the decode engine (``service/engine.py``) in-process, fed a
+2. Translation, iteration-level vs static batching: the decode engine (``service/engine/``) in-process, fed a
    Poisson stream of mixed lengths (test sentences that stop at EOS after ~10-20 tokens, and one request in five a
-   text the model keeps decoding for 128 tokens) at the same offered rate for both schedules; latency from arrival
-   to the last token. ``static`` admits new requests only when the running batch has emptied (request-level
+   text the model keeps decoding for 128 tokens) at the same offered rate for both schedules, 25 %, 50 % and 90 %
+   of the capacity (``--fractions``; what the iteration-level engine completes when 600 requests arrive at once);
+   latency from arrival to the last token. ``static`` admits new requests only when the running batch has emptied (request-level
    batching); ``iteration`` admits them at the next step. Goal: iteration p50 ≤ 0.5× static at equal throughput.
 """
 
@@ -123,7 +124,10 @@ def mixed_load(tokenizer, runtime, n: int, rate: float, long_every: int, seed: i
 def run_schedule(runtime, load, scheduling: str, max_batch: int) -> dict:
     from service.engine import DecodeEngine, EngineOptions, Sequence
 
-    engine = DecodeEngine(runtime, EngineOptions(max_batch=max_batch, max_queue=100_000, scheduling=scheduling)).start()
+    # the service's engine (width by throughput, measured at start), with no queue-time budget: both schedules must
+    # serve every request for their latencies to compare at equal throughput
+    engine = DecodeEngine(runtime, EngineOptions(max_batch=max_batch, max_queue=100_000, max_queue_wait_s=3600,
+                                                 scheduling=scheduling)).start()
     latencies, lengths, done = [], [], threading.Event()
     remaining = [len(load)]
     lock = threading.Lock()
@@ -154,7 +158,7 @@ def run_schedule(runtime, load, scheduling: str, max_batch: int) -> dict:
     return {"scheduling": scheduling, "requests": len(load), "offered_rps": len(load) / load[-1][0],
             "completed_rps": len(load) / elapsed, "tokens_per_s": sum(lengths) / elapsed, "steps": engine.steps,
             "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "mean_tokens": float(np.mean(lengths))}
+            "mean_tokens": float(np.mean(lengths)), "width": engine.batch_limit}
 
 
 def translation(args) -> list[dict]:
@@ -164,6 +168,12 @@ def translation(args) -> list[dict]:
     directory = args.repository / "translator" / "1"
     runtime, tokenizer = EncoderDecoderRuntime(directory), Tokenizer.load(directory)
     rows = []
+    if args.fractions:  # rates as fractions of the capacity: what the iteration-level engine completes when flooded
+        flood = mixed_load(tokenizer, runtime, 600, 10_000.0, 5, seed=1)
+        capacity = run_schedule(runtime, flood, "iteration", args.max_batch)["completed_rps"]
+        args.capacity = capacity
+        args.rates = [round(f * capacity, 1) for f in args.fractions]
+        print(f"  capacity (600 requests at once, iteration-level): {capacity:.1f} req/s → rates {args.rates}", flush=True)
     for rate in args.rates:
         load = mixed_load(tokenizer, runtime, int(rate * args.decode_seconds), rate, 5, seed=0)
         for scheduling in ("static", "iteration"):
@@ -210,6 +220,9 @@ def write_report(classifier: list[dict], offline: float, decode: list[dict], arg
         "| offered req/s | schedule | completed req/s | tokens/s | p50 ms | p95 ms | p99 ms | p50 iteration/static | p99 iteration/static |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if args.capacity:
+        lines[-4] += (f" Capacity (600 requests at once, iteration-level, width {decode[0]['width']}): "
+                      f"**{args.capacity:.1f} req/s**; offered rates are {', '.join(f'{f:g}' for f in args.fractions)} × that.")
     for rate in args.rates:
         s = next(r for r in decode if (r["rate"], r["scheduling"]) == (rate, "static"))
         i = next(r for r in decode if (r["rate"], r["scheduling"]) == (rate, "iteration"))
@@ -258,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per classifier cell")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rates", type=float, nargs="+", default=[20.0, 40.0, 80.0], help="offered translation requests/s")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.9],
+                        help="offered translation load as fractions of the measured capacity (default 0.25 0.5 0.9)")
+    parser.add_argument("--rates", type=float, nargs="+", default=None, help="offered translation requests/s instead")
+    parser.add_argument("--skip-translation", action="store_true")
     parser.add_argument("--decode-seconds", type=float, default=20.0, help="seconds of Poisson arrivals per rate")
     parser.add_argument("--max-batch", type=int, default=32, help="decode engine batch width (the service's default)")
     parser.add_argument("--skip-classifier", action="store_true")
@@ -268,12 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds, args.warmup, args.decode_seconds = 3.0, 1.0, 15.0
     args.repository = args.repository.resolve()
+    if args.rates:
+        args.fractions = None
+    args.capacity = None
     if not (args.repository / "translator" / "1" / "config.json").exists():
         print(f"error: no model repository at {args.repository}; run `python -m export --out {args.repository}`", file=sys.stderr)
         return 2
     started = time.time()
-    print("translation: iteration-level vs static…", flush=True)
-    decode = translation(args)
+    decode = []
+    if not args.skip_translation:
+        print("translation: iteration-level vs static…", flush=True)
+        decode = translation(args)
+        (args.out / "batching_translation.json").write_text(json.dumps({"capacity_rps": args.capacity, "rows": decode}, indent=2))
     print("classifier offline…", flush=True)
     offline = offline_images_per_s(args.repository, 32, 3.0 if args.quick else 6.0)
     print(f"  offline ORT batch 32: {offline:,.0f} images/s", flush=True)
