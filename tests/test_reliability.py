@@ -86,38 +86,52 @@ def png_b64() -> str:
     return base64.b64encode(encode_png((load_digits().images[0] * 16).clip(0, 255).astype(np.uint8))).decode()
 
 
-def test_at_ten_times_capacity_refusals_are_quick_and_admitted_requests_keep_their_pace(service, url):
-    """Overload: 10× the measured capacity of long translations (tests/benchmarks/overload.py, shortened).
+OVERLOAD_FACTOR = 3  # × the measured capacity; why not 10: the test's docstring
+OVERLOAD_GOODPUT = 0.7  # × the measured capacity; the goal (tests/benchmarks/overload.py) is 0.8
 
-    Asserted here: nothing hangs, every answer is a 200 or a 503 with Retry-After, refusals come back quickly, the
-    admitted requests' p99 stays within a small multiple of the idle p99, and the capacity comes back (the best of up
-    to three 5 s closed-loop windows after the overload reaches 0.8× the one before it; a single window swings by a
-    third on this machine, RELIABILITY.md). The multiple is 3×, not the goal's 2× (which the 30 s script holds,
-    tests/benchmarks/overload.py): this run is short and its yardstick is 40 idle requests, on a machine whose
-    speed moves from run to run. The shipped bound decodes one translation at a time on two CPUs (the script:
-    1.1-1.5× idle p99); a batch capped at 4 by a bad calibration gave 2.3× at p50, and without the latency bounds
-    it is ~60×, so this fails if admission control or the calibration stops working.
+
+def test_under_overload_goodput_holds_refusals_are_quick_and_no_client_is_left_waiting(service, url):
+    """Overload: a mix of translations (55 % short, 20 % long, 20 % beam 4, 5 % streamed), each with a 5 s deadline,
+    offered at OVERLOAD_FACTOR × the capacity a closed loop of 32 clients measured (tests/benchmarks/overload.py,
+    shortened: 5 s of capacity, 10 s of overload, no recovery phase; about 25 s in all).
+
+    Asserted: every answer is a 200, a 503 with Retry-After or a 504; no client is left waiting (no client timeout,
+    none answered later than its deadline + 1 s; the script holds them to + 100 ms); refusals come back quickly (p50
+    < 50 ms; the script holds their p99 to it); the goodput during the overload (200s completed per second of it) is
+    at least OVERLOAD_GOODPUT × the capacity before it; /readyz is 200 afterwards. The goodput is what keeps admission
+    honest: a service refusing work it could have done would pass the latency checks and fail this one. Admitted
+    latency is not compared with idle latency: under overload a request may queue for most of its deadline.
+
+    Why 3× and not the script's 10×: the mix's capacity here is ~80-115 requests/s, and 10× that is more than two
+    vCPUs can send and turn away beside the decoder (2026-12-01, 880-960 requests/s offered: the Python load generator
+    sent 670-720/s, 1,300-6,000 clients got no answer within 10 s, refusals took seconds; at 5×, 520/s, refusal p50
+    0.8 s); at 3× (210-340/s) refusal p50 was 3-66 ms in three runs, the slower ones beside another benchmark using
+    half a CPU. Why 0.7 and not 0.8: the bound compares windows of 5 and 10 s on a shared machine, where one 5 s
+    closed-loop window of this mix measured 69-114 requests/s.
     """
     import asyncio
 
     from tests.benchmarks.overload import run
 
-    limit = wait_for(lambda: (lambda st: st["max_queue_wait_ms"] is not None and st["step_costs"] and st["batch_limit"])(
-        stats("Translator")), 30, "the translator to calibrate its batch limit")
-    result = asyncio.run(run(url, tokens=256, concurrency=8, idle_requests=40, capacity_seconds=5, overload_seconds=8,
-                             factor=10, timeout_s=10, recovery_target=0.8, recovery_windows=3))
+    limit = wait_for(lambda: (lambda st: (st["step_times"] or not st["auto_width"]) and st["batch_limit"])(stats("Translator")), 30,
+                     "the translator to settle its batch width")
+    result = asyncio.run(run(url, deadline_ms=5000, long_tokens=64, concurrency=32, idle_requests=0, capacity_seconds=5,
+                             overload_seconds=10, factor=OVERLOAD_FACTOR, recovery_windows=0))
     s = result["overload"]
-    print(f"batch limit {limit}; idle p99 {result['idle_p99_ms']:.0f} ms; capacity {result['capacity_per_s']:.1f}/s; "
-          f"{s['statuses']} at {result['offered_per_s']:.0f}/s offered; admitted p50/p99 {s['admitted_p50_ms']:.0f}/"
-          f"{s['admitted_p99_ms']:.0f} ms; refused p50/p99/max {s['refused_p50_ms']:.0f}/{s['refused_p99_ms']:.0f}/"
-          f"{s['refused_max_ms']:.0f} ms; recovery {result['recovery_ratio']:.2f}× (windows "
-          f"{', '.join(f'{w:.1f}' for w in result['recovery_windows_per_s'])}/s)")
-    assert result["checks"]["every answer 200, or 503 with Retry-After"], s
-    assert result["checks"]["no client left waiting (timeouts, dropped connections)"], s
-    assert s["statuses"].get("503", 0) > s["statuses"].get("200", 0)  # it really was overloaded, and said so
-    assert s["refused_p50_ms"] < 50, s
-    assert s["admitted_p99_ms"] < 3 * result["idle_p99_ms"], (s, result["idle_p99_ms"])
-    assert result["recovery_ratio"] >= 0.8, {k: v for k, v in result.items() if k != "answers"}
+    print(f"batch limit {limit}; capacity {result['capacity_per_s']:.1f}/s; {s['statuses']} at {result['offered_per_s']:.0f}/s "
+          f"offered ({result['sent_per_s']:.0f}/s sent, lag p50/p99 {s['client_lag_p50_ms']:.0f}/{s['client_lag_p99_ms']:.0f} ms); "
+          f"goodput {result['goodput_per_s']:.1f}/s ({result['goodput_ratio']:.2f}×); refused p50/p99/max {s['refused_p50_ms']:.0f}/"
+          f"{s['refused_p99_ms']:.0f}/{s['refused_max_ms']:.0f} ms; longest wait {s['waited_max_ms']:.0f} ms")
+    failed = [check for check, holds in {  # all of them, not the first to fail: which fail together says more
+        "every answer 200, 503 or 504": set(s["statuses"]) <= {"200", "503", "504"},
+        "every 503 with Retry-After": s["refused_without_retry_after"] == 0,
+        "overloaded, and said so (some 503s)": s["statuses"].get("503", 0) > 0,
+        "no client left waiting (none past its deadline + 1 s)": s["waited_max_ms"] < result["deadline_ms"] + 1000,
+        "refusal p50 < 50 ms": s["refused_p50_ms"] < 50,
+        f"goodput ≥ {OVERLOAD_GOODPUT:g}× capacity": result["goodput_per_s"] >= OVERLOAD_GOODPUT * result["capacity_per_s"],
+        "/readyz 200 afterwards": result["readyz_after"] == 200,
+    }.items() if not holds]
+    assert not failed, (failed, {k: v for k, v in result.items() if k not in ("answers", "capacity_phase", "idle")})
     wait_for(lambda: stats("Translator")["active"] == 0, 10, "the engine to drain")
 
 

@@ -42,9 +42,10 @@ def test_a_request_that_cannot_make_its_budget_is_refused_at_once():
     assert refused.value.reason == "expected_wait" and len(sched.waiting) == 8
     # a request whose own deadline is further off may wait for it
     sched.submit([seq(deadline=now + 5)], live_rows=4, limit=4, now=now)
-    # and one whose deadline is nearer than the wait is refused now, not left to time out
-    with pytest.raises(QueueFull, match="budget of 100 ms"):
-        sched.submit([seq(deadline=now + 0.1)], live_rows=4, limit=4, now=now)
+    # and one whose deadline leaves less than the wait and its own decoding (10 steps of 10 ms) is refused now, not
+    # left to time out
+    with pytest.raises(QueueFull, match="budget of 1200 ms"):
+        sched.submit([seq(deadline=now + 1.3)], live_rows=4, limit=4, now=now)
 
 
 def test_queue_bound_counts_rows_and_a_request_is_queued_whole_or_not_at_all():

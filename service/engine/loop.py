@@ -181,6 +181,7 @@ class DecodeEngine:
     def step(self) -> None:
         """schedule → execute → update, once (also callable directly, without the loop thread)."""
         self._calibrate_if_needed()
+        started = time.monotonic()
         self._schedule()
         if not len(self.batch):
             return
@@ -188,6 +189,9 @@ class DecodeEngine:
         if logits is not None:
             self._update(logits)
             self.steps += 1
+            if len(self.batch) >= self.batch_limit:
+                with self.lock:
+                    self.scheduler.observed_step(time.monotonic() - started)
 
     def _schedule(self) -> None:
         now = time.monotonic()
@@ -264,8 +268,6 @@ class DecodeEngine:
             return None
         took = time.monotonic() - started
         self._failures = 0
-        if len(self.batch) >= self.batch_limit:
-            self.scheduler.observed_step(took)
         if self._step_sampler.random() * DECODER_STEP_SAMPLE < 1:
             self.metrics.observe("inference_compute_duration_seconds", took, model=self.model, stage="decoder_step")
             self.metrics.observe("inference_batch_size", len(self.batch), model=self.model, stage="decoder_step")

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 PRIOR_STEPS = 24.0  # steps a sequence decodes, before any has finished (a short translation or a caption: 8-30)
-PRIOR_STEP_S = 0.005  # a decoder step's time before calibration or any step has measured one
+PRIOR_STEP_S = 0.005  # a full step's time (schedule, execute, update) before calibration or the loop has measured one
 EMA = 0.05  # weight of a new observation in the running means (about the last 20)
 
 
@@ -114,6 +114,8 @@ class Scheduler:
 
     # ---------------------------------------------------------------------------- estimates
     def observed_step(self, seconds: float) -> None:
+        """A full-width iteration of the loop took ``seconds``: its encoder runs and bookkeeping included, which is
+        what the rows waiting really wait for (the decoder step alone priced the wait ~2× low under load)."""
         self.step_s += EMA * (seconds - self.step_s)
 
     def observed_finish(self, steps: int) -> None:
@@ -134,9 +136,14 @@ class Scheduler:
         return need / rate
 
     # ---------------------------------------------------------------------------- submit / admit
+    def service_s(self, seq: Sequence) -> float:
+        """Seconds it is expected to decode once placed."""
+        return min(seq.max_new_tokens, self.steps_per_seq) * self.step_s
+
     def budget(self, seq: Sequence, now: float) -> float:
-        """Seconds it may wait for a place: up to its own deadline, else max_queue_wait_s."""
-        return self.options.max_queue_wait_s if seq.deadline is None else seq.deadline - now
+        """Seconds it may wait for a place: max_queue_wait_s, or, with a deadline, what leaves it time to decode
+        before the deadline (a request placed too late to finish is decoded for a client already told 504)."""
+        return self.options.max_queue_wait_s if seq.deadline is None else seq.deadline - now - self.service_s(seq)
 
     def submit(self, seqs: list[Sequence], live_rows: int, limit: int, now: float) -> None:
         """Queue one request's sequences together, or none of them (``QueueFull``: no partial work)."""

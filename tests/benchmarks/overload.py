@@ -1,5 +1,5 @@
-"""Overload: the service offered about ten times what it can serve. Does it keep doing the work it can, and turn
-the rest away quickly?
+"""Overload: the service offered ten times what it can serve. Does it keep doing the work it can, and turn the rest
+away quickly?
 
     python tests/benchmarks/overload.py --repository /tmp/mr   # → tests/benchmarks/results/overload.{md,png,json}
     python tests/benchmarks/overload.py --seconds 30 --factor 10 --deadline-ms 5000
@@ -17,14 +17,14 @@ the SSE response read to its end: 200 means a complete stream). Every request ca
 4. **recovery**: the closed loop again, window by window (up to ``--recovery-windows``) until one reaches
    ``--recovery`` × the capacity; the best counts.
 
-Holds when: the goodput during the overload (200s completed per second of it) is at least 0.8 × the capacity, so the
-service did not buy its latency by refusing work it could have done; refusals are 503 with ``Retry-After``, p99 under
-50 ms; no client waits past its deadline + 100 ms (from sending the request to the end of its answer: the deadline's
-clock starts when the request leaves); no answer but 200, 503 and 504; ``GET /readyz`` is 200 afterwards; the
-capacity after is at least ``--recovery`` × the capacity before.
+Holds when: the goodput during the overload (200s completed per second of it) is at least 0.8 × the capacity (a
+service that refuses work it could have done fails this); refusals are 503 with ``Retry-After``, p99 under 50 ms; no
+client waits past its deadline + 100 ms (from sending the request to the end of its answer); no answer but 200, 503
+and 504; ``GET /readyz`` is 200 afterwards; the capacity after is at least ``--recovery`` × the capacity before.
 
-The load generator (Python, aiohttp) shares the CPUs with the service: the report gives its delay in sending (lag,
-counted in the latencies from the scheduled arrival) and the rate it really sent, and says so when it fell behind.
+The load generator (Python, aiohttp) shares the CPUs with the service: the report gives its delay in sending (counted
+in the latencies from scheduled arrival) and the rate it really sent, and says when the overload asked for was more
+than the machine could send and turn away (then the checks judge the run, not the service at that factor).
 """
 
 from __future__ import annotations
@@ -68,20 +68,10 @@ class Answer:
 
 
 class Client:
-    def __init__(self, url: str, deadline_ms: float, timeout_s: float, long_tokens: int, seed: int = 0) -> None:
-        self.url, self.timeout_s, self.rng = url.rstrip("/"), timeout_s, random.Random(seed)
+    def __init__(self, session, url: str, deadline_ms: float, long_tokens: int, seed: int = 0) -> None:
+        self.session, self.url, self.rng = session, url.rstrip("/"), random.Random(seed)  # session: an aiohttp.ClientSession
         self.headers = {"content-type": "application/json", "X-Request-Timeout-Ms": f"{deadline_ms:g}"}
         self.long = json.dumps({"text": LOOPING_TEXT, "max_new_tokens": long_tokens}).encode()
-
-    async def __aenter__(self) -> Client:
-        import aiohttp
-
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                             timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.session.close()
 
     def pick(self) -> str:
         return self.rng.choices(list(MIX), weights=list(MIX.values()))[0]
@@ -151,7 +141,8 @@ async def open_loop(client: Client, rate: float, seconds: float, seed: int = 0) 
     rng, origin = random.Random(seed), time.monotonic()
     due, tasks = origin, []
     while (due := due + rng.expovariate(rate)) < origin + seconds:
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if due > time.monotonic():  # (one behind sends at once: a sleep(0) per request would cap the rate at the loop's pace)
+            await asyncio.sleep(due - time.monotonic())
         tasks.append(asyncio.create_task(client.send(client.pick(), due, origin)))
     return list(await asyncio.gather(*tasks))
 
@@ -189,9 +180,12 @@ async def run(url: str, *, deadline_ms: float = 5000, long_tokens: int = 64, con
     ``recovery_target`` × the capacity before, or ``recovery_windows`` of them (0: no recovery phase, no check): the
     best counts. One window is at the mercy of the machine; a service the overload left slower stays slow in all.
     """
+    import aiohttp
+
     deadline_s = deadline_ms / 1e3
     timeout_s = timeout_s or deadline_s + 5.0  # longer than the deadline: a 504 is the server's, a 0 a hang
-    async with Client(url, deadline_ms, timeout_s, long_tokens) as client:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        client = Client(session, url, deadline_ms, long_tokens)
         await closed_loop(client, 1, requests=8)  # warm: connections, kernels
         q = summarize(await closed_loop(client, 1, requests=idle_requests), deadline_s)
         progress("idle: " + ", ".join(f"{k} p50 {v['p50_ms']:.0f} ms" for k, v in q["kinds"].items()))
@@ -220,10 +214,13 @@ async def run(url: str, *, deadline_ms: float = 5000, long_tokens: int = 64, con
               "capacity_seconds": capacity_seconds, "overload_seconds": overload_seconds, "client_timeout_s": timeout_s,
               "idle": q, "capacity_per_s": capacity, "capacity_phase": summarize(before, deadline_s),
               "offered_per_s": rate, "sent_per_s": len(over) / sent_for, "overload": s,
+              "answered_per_s": sum(a.status != 0 for a in over) / max([overload_seconds] + [a.at + a.latency for a in over]),
               "goodput_per_s": goodput, "goodput_ratio": goodput / capacity if capacity else float("nan"),
               "recovered_per_s": max(windows, default=float("nan")), "recovery_windows_per_s": windows,
               "recovery_ratio": max(windows, default=float("nan")) / capacity if capacity else float("nan"),
               "readyz_after": readyz, "phases": phases, "answers": [asdict(a) for a in over]}
+    # the load generator could not keep to its schedule: the CPUs it shares with the service ran out first
+    result["beyond_the_machine"] = result["sent_per_s"] < 0.95 * rate or s["client_lag_p50_ms"] > 50 or s["client_lag_p99_ms"] > 1000
     result["checks"] = {
         f"goodput ≥ {GOODPUT_FACTOR:g}× capacity": goodput >= GOODPUT_FACTOR * capacity,
         f"refusals are 503 with Retry-After, p99 < {REFUSAL_BOUND_S * 1e3:.0f} ms": not s["refused_without_retry_after"]
@@ -319,7 +316,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     answers, deadline_ms = result["answers"], result["deadline_ms"]
-    colours = {200: ("tab:blue", "200"), 503: ("tab:orange", "503 (refused)"), 504: ("tab:red", "504 (deadline)")}
+    colours = {200: ("tab:blue", "200"), 503: ("tab:orange", "503 (refused)"), 504: ("tab:red", "504 (deadline)"), 0: ("grey", "no answer")}
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     for status, (colour, label) in colours.items():
         if points := [(a["at"], a["latency"] * 1e3) for a in answers if a["status"] == status]:
@@ -337,7 +334,7 @@ def plot(result: dict, path: Path) -> None:
                     label=label + (", by completion" if status == 200 else ", by arrival"))
     bottom.axhline(result["capacity_per_s"], color="grey", ls=":", lw=1, label="capacity")
     bottom.axvline(result["overload_seconds"], color="grey", lw=0.5)
-    bottom.set(yscale="symlog", xlabel="seconds into the overload", ylabel="answers per second")
+    bottom.set(yscale="symlog", ylim=(0, None), xlabel="seconds into the overload", ylabel="answers per second")
     bottom.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -354,7 +351,7 @@ def report(result: dict, args, stats: dict | None) -> str:
         f"text, greedy; long: greedy to {result['long_tokens']} tokens; beam: beam_size 4; stream: `/v1/translate/stream`, SSE "
         f"read to its end); every request with `X-Request-Timeout-Ms: {result['deadline_ms']:g}`; client timeout "
         f"{result['client_timeout_s']:g} s.", "", "| phase | measured |", "|---|---|",
-        f"| idle ({q['requests']} requests, one at a time) | {fmt(q['statuses'])}; p50 {q['admitted_p50_ms']:.0f} ms, "
+        f"| idle ({q['requests']} requests, one at a time) | {fmt(q['statuses']) or '(skipped)'}; p50 {q['admitted_p50_ms']:.0f} ms, "
         f"p99 {q['admitted_p99_ms']:.0f} ms |",
         f"| capacity (closed loop, {result['concurrency']} clients, {result['capacity_seconds']:g} s) | **{result['capacity_per_s']:.1f} "
         f"requests/s**; {fmt(c['statuses'])}; latency of the 200s p50 {c['admitted_p50_ms']:.0f} ms, p99 {c['admitted_p99_ms']:.0f} ms |",
@@ -377,10 +374,14 @@ def report(result: dict, args, stats: dict | None) -> str:
         lines.append(f"| translator replica | batch limit {stats.get('batch_limit')} of {stats.get('max_batch_size')} "
                      f"(auto_width {stats.get('auto_width')}), max_queue_wait_ms {stats.get('max_queue_wait_ms')}; "
                      f"sequences by outcome {stats.get('finished')} |")
-    if result["sent_per_s"] < 0.95 * result["offered_per_s"] or s["client_lag_p99_ms"] > 100:
-        lines += ["", f"**The load generator fell behind**: it sent {result['sent_per_s']:.0f} requests/s of the "
-                  f"{result['offered_per_s']:.0f} scheduled (lag p99 {s['client_lag_p99_ms']:.0f} ms): {result['factor']:g}× this "
-                  "capacity is more than these CPUs can send and answer besides decoding."]
+    if result["beyond_the_machine"]:
+        lines += ["", f"**{result['factor']:g}× this capacity ({result['offered_per_s']:.0f} requests/s) is more than this machine "
+                  f"could send and turn away**: the load generator sent {result['sent_per_s']:.0f}/s (its delay p50 "
+                  f"{s['client_lag_p50_ms']:.0f} ms, p99 {s['client_lag_p99_ms']:.0f} ms), {s['statuses'].get('0', 0)} requests got "
+                  f"no answer within the client's {result['client_timeout_s']:g} s, the others were answered at "
+                  f"{result['answered_per_s']:.0f}/s. The front-end (HAProxy, the ingress) and the load generator share "
+                  f"{os.cpu_count()} CPUs with the decoder (table below): the checks judge this run as it went, not the service "
+                  f"at a {result['factor']:g}× overload."]
     lines += ["", "Per kind (latency of the 200s from scheduled arrival, ms):", "",
               "| kind | idle p50 | capacity p50 / p99 | overload: answers | overload p50 / p99 |", "|---|---|---|---|---|"]
     lines += [f"| {k} ({share:.0%}) | {q['kinds'][k]['p50_ms']:.0f} | {c['kinds'][k]['p50_ms']:.0f} / {c['kinds'][k]['p99_ms']:.0f} | "
