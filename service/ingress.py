@@ -368,7 +368,7 @@ class Timeout(float):
 
     since: float
 
-    def __new__(cls, ms: float) -> Timeout:
+    def __new__(cls, ms: float) -> "Timeout":
         value = super().__new__(cls, ms)
         value.since = time.monotonic()
         return value
