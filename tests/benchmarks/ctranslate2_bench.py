@@ -5,41 +5,36 @@
 
 Needs the benchmark extra: ``pip install -e ".[bench]"`` (ctranslate2 4.8.5).
 
-1. The trained translator's weights are written into a CTranslate2 ``TransformerSpec`` (pre-norm, ReLU, shared
-   embeddings, the model's own sinusoidal table). Greedy outputs of the test split must be identical on both
-   engines; beam-4 agreement is reported too (both without length normalisation, ``length_penalty`` 0).
-2. Throughput (generated tokens / s) and latency at batch 1, 8, 32, greedy and beam 4, same thread count for
-   both: the trained model (real test sentences) and a Transformer-base-sized one (6+6 layers, d 512, 8 heads,
-   FFN 2048, 32k vocabulary, random weights, EOS disabled so both engines decode exactly ``--tokens`` tokens).
+1. The trained translator's weights are written into a CTranslate2 ``TransformerSpec``; greedy outputs of the test
+   split must be identical on both engines, beam-4 agreement is reported too (``length_penalty`` 0 on both).
+2. Throughput (generated tokens / s) and latency at batch 1, 8, 32, greedy and beam 4, same threads for both: the
+   trained model (real test sentences) and a Transformer-base-sized one (6+6 layers, d 512, FFN 2048, 32k vocabulary,
+   random weights, EOS disabled so both engines decode exactly ``--tokens`` tokens).
 
-"The engine" is the service's: ``service.engine.DecodeEngine`` stepped without its thread. A batch's sentences are
-submitted at once (``submit_all``; a beam request is ``beam_size`` rows of the shared batch), then ``step()`` runs
-until the engine is empty: one run is the whole batch, encode + decode, as one ``translate_batch`` is for CT2.
-``--generate`` adds ``EncoderDecoderRuntime.generate`` (the offline path: IOBinding, a Gather session per layer
-for beams), which the service no longer uses for requests.
+"The engine" is the service's ``service.engine.DecodeEngine``, stepped without its thread: a batch's sentences are
+submitted at once (a beam request is ``beam_size`` rows of the shared batch) and ``step()`` runs until the engine is
+empty; one run is the whole batch, encode + decode, as one ``translate_batch`` is. (``decode_bench.py`` times the
+offline ``EncoderDecoderRuntime.generate``.)
 
-CTranslate2 at its best. CT2 picks its GEMM backend and kernels (ISA) from the CPU and from environment variables
-read at the first ``Translator``: on an Intel CPU 4.8.5 uses MKL with *packed* SGEMM weights and AVX2 kernels
-(AVX-512 only if forced), on AMD oneDNN. Packed MKL SGEMM on two threads is what made CT2 slow. On the 2-vCPU
-Xeon (Sapphire Rapids) VM, trained model, greedy, 2 intra threads, best of 15, tok/s at batch 1 / 8 / 32
-(two quiet runs, separate processes):
+CTranslate2 at its best. On the 2-vCPU Xeon (Sapphire Rapids) VM, trained model, greedy, 2 threads, tok/s at batch
+1 / 8 / 32, best of 7-15 runs, separate processes, quiet machine:
 
-    default: MKL, packed, AVX2       1627 / 5151-5428  / 11266-12091
-    CT2_PACKED_GEMM=0: MKL unpacked  4526-4845 / 11400-11649 / 21413-22052   (2.8x / 2.2x / 1.9x)
-    CT2_USE_MKL=0: oneDNN, and either with CT2_FORCE_CPU_ISA=AVX512: within noise of MKL unpacked, not faster
-    intra_threads=1 with packed MKL: as fast as unpacked on 2 threads (so: MKL's packed path on 2 OpenMP threads)
-
-So the script does not trust the defaults: before timing it runs each setting of ``CT2_CANDIDATES`` in a
-subprocess (trained model, greedy, batch 1 / 8 / 32) and uses the fastest (geometric mean); the report lists every
-candidate and the backend CT2 logged for the one used (``--ct2-env`` fixes a setting instead). ``OPENBLAS_*``
-variables do not matter to CT2: the wheel links MKL and oneDNN statically and loads no OpenBLAS (measured: no
-difference); they are left as they are. The script sets no CT2 variable of its own in this process until tuning.
-
-Time: each row warms both engines up, then runs ``--rounds`` rounds; in a round each engine in turn runs 1-5 times
-(up to 0.3 s), after a 0.2 s pause. Interleaving makes a burst of load elsewhere on a shared 2-vCPU machine hit
-both engines alike (a busy neighbour halves 2-thread CT2 at batch 8), and the pause lets the other runtime's
-threads stop spinning (ONNX Runtime's workers keep a CPU busy for ~50-70 ms after a run; CT2 right after one
-is several times slower). Figures are the best run (median in the JSON); tokens/s counts generated tokens.
+* Torch must not run multi-threaded in this process. CT2's wheel ships a libgomp, but CT2's OpenMP calls bind to
+  the one torch loads globally (``LD_DEBUG=bindings``); once torch's 2-thread team exists CT2 is 2-3x slower at
+  every batch, with MKL or oneDNN alike (batch 1 after this script's export and conversion: 11.1-11.5 ms with
+  torch on 2 threads, 2.8-3.8 ms on 1). Torch only loads, exports and converts here, on 1 thread.
+* CT2 4.8.5 on an Intel CPU uses MKL with packed SGEMM weights (on AMD oneDNN), AVX2 kernels: 1.4-1.6k / 4.4-5.4k /
+  11-12k tok/s; ``CT2_PACKED_GEMM=0``: 4.3-4.9k / 10.5-12.2k / 20.5-22.5k; oneDNN (``CT2_USE_MKL=0``) and
+  ``CT2_FORCE_CPU_ISA=AVX512`` no faster. The knobs are read once, at a process's first ``Translator``: each of
+  ``CT2_CANDIDATES`` is timed in a clean subprocess (both models, greedy) and the fastest overall (geometric mean)
+  serves both (``--ct2-env`` fixes one); the report lists them all, and CT2's greedy rows here against the chosen
+  one's probe (well under 1×: something in this process slows CT2). ``OPENBLAS_*`` are left as they are: CT2 loads
+  no OpenBLAS (measured: no difference).
+* Time: each row warms both engines up, then ``--rounds`` rounds; in a round each engine in turn runs 1-5 times
+  (up to 0.3 s) after a 0.2 s pause. Interleaving makes load elsewhere on a shared machine hit both alike (one busy
+  neighbour process halves 2-thread CT2 at batch 8); the pause lets the other runtime's threads stop spinning (ONNX
+  Runtime's keep a CPU busy ~50-70 ms after a run; CT2 started within that is several times slower). Figures are
+  the best run (medians in the JSON); tokens/s counts generated tokens.
 """
 
 from __future__ import annotations
@@ -68,7 +63,6 @@ from export.repository import runtime_config  # noqa: E402
 from models import checkpoint  # noqa: E402
 from models.data import text as text_data  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
-from service.decoding import DecodingOptions  # noqa: E402
 from service.engine import DecodeEngine, EngineOptions, Sequence  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions  # noqa: E402
 from service.runtime import bench_providers  # noqa: E402
@@ -82,10 +76,8 @@ CT2_KNOBS = ("CT2_USE_MKL", "CT2_PACKED_GEMM", "CT2_FORCE_CPU_ISA")
 CT2_CANDIDATES = {  # CTranslate2's documented CPU knobs; a setting the build or CPU lacks fails and is skipped
     "default": {},
     "MKL, unpacked SGEMM": {"CT2_USE_MKL": "1", "CT2_PACKED_GEMM": "0"},
-    "MKL, packed SGEMM": {"CT2_USE_MKL": "1", "CT2_PACKED_GEMM": "1"},
     "oneDNN": {"CT2_USE_MKL": "0"},
     "MKL, unpacked, AVX-512": {"CT2_USE_MKL": "1", "CT2_PACKED_GEMM": "0", "CT2_FORCE_CPU_ISA": "AVX512"},
-    "oneDNN, AVX-512": {"CT2_USE_MKL": "0", "CT2_FORCE_CPU_ISA": "AVX512"},
 }
 
 
@@ -179,17 +171,6 @@ class Engine:
         return run
 
 
-class Generate(Engine):
-    """``EncoderDecoderRuntime.generate``: the offline path (``--generate``)."""
-
-    def job(self, sources: list[list[int]], beam: int, max_new: int):
-        src = np.full((len(sources), max(map(len, sources))), PAD, dtype=np.int64)
-        for i, s in enumerate(sources):
-            src[i, : len(s)] = s
-        options = DecodingOptions(beam_size=beam, max_new_tokens=max_new, length_penalty=LENGTH_PENALTY)
-        return lambda: self.rt.generate(src, src != PAD, options)
-
-
 class CT2:
     def __init__(self, directory: Path, vocabulary: list[str], threads: int) -> None:
         import ctranslate2
@@ -227,36 +208,33 @@ def measure(runs: dict, rounds: int) -> dict[str, tuple[float, float]]:
 # ------------------------------------------------------------------------------------------ CTranslate2's setting
 
 
-def ct2_probe(path: Path, threads: int, reps: int) -> None:
-    """Subprocess: time greedy translate_batch at each batch of ``path`` (interleaved, best of ``reps``); print JSON."""
-    import ctranslate2
-
-    job = json.loads(path.read_text())
-    translator = ctranslate2.Translator(job["model"], device="cpu", inter_threads=1, intra_threads=threads)
-    run = lambda b: translator.translate_batch(b, beam_size=1, max_decoding_length=128, max_batch_size=0, return_scores=False)
-    tokens = [sum(len(r.hypotheses[0]) for r in run(b)) for b in job["batches"]]
-    best = [math.inf] * len(tokens)
-    for _ in range(reps):
+PROBE = """import json, sys, time, ctranslate2
+out = []
+for job in json.load(open(sys.argv[1])):
+    tr = ctranslate2.Translator(job["model"], device="cpu", inter_threads=1, intra_threads=int(sys.argv[2]))
+    run = lambda b: tr.translate_batch(b, beam_size=1, max_decoding_length=job["max_len"], max_batch_size=0)
+    tokens, best = [sum(len(r.hypotheses[0]) for r in run(b)) for b in job["batches"]], [1e9] * len(job["batches"])
+    for _ in range(job["reps"]):
         for i, b in enumerate(job["batches"]):
-            t = time.perf_counter()
-            run(b)
-            best[i] = min(best[i], time.perf_counter() - t)
-    print(json.dumps([n / s for n, s in zip(tokens, best)]))
+            t = time.perf_counter(); run(b); best[i] = min(best[i], time.perf_counter() - t)
+    out += [n / s for n, s in zip(tokens, best)]
+print(json.dumps(out))"""  # greedy tok/s of each model at each batch, interleaved, best of the reps
 
 
-def tune_ct2(model: Path, batches: list[list[list[str]]], threads: int, rounds: int, tmp: Path) -> tuple[str, dict, list[dict]]:
-    """Each of ``CT2_CANDIDATES`` in its own process (the knobs are read once), ``rounds`` interleaved rounds →
-    (the fastest's name, its env, every candidate's tok/s per batch and the backend CT2 logged)."""
+def tune_ct2(jobs: list[dict], threads: int, rounds: int, tmp: Path) -> dict:
+    """Each of ``CT2_CANDIDATES`` in its own process (the knobs are read once per process, so one setting serves both
+    models), ``rounds`` interleaved rounds → the fastest setting (geometric mean over every model and batch): name,
+    env, backend (as CT2 logs it), and every candidate's greedy tok/s."""
     job = tmp / "ct2_probe.json"
-    job.write_text(json.dumps({"model": str(model), "batches": batches}))
-    avx512 = "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+    job.write_text(json.dumps(jobs))
+    avx512 = Path("/proc/cpuinfo").exists() and "avx512f" in Path("/proc/cpuinfo").read_text()
     names = [n for n in CT2_CANDIDATES if avx512 or "AVX512" not in CT2_CANDIDATES[n].values()]
     found = {n: {"name": n, "env": CT2_CANDIDATES[n], "tok_s": None, "backend": ""} for n in names}
     for _ in range(rounds):
         for name in names:
             env = {k: v for k, v in os.environ.items() if k not in CT2_KNOBS} | CT2_CANDIDATES[name] | {"CT2_VERBOSE": "1"}
-            p = subprocess.run([sys.executable, __file__, "--ct2-probe", str(job), "--threads", str(threads)],
-                               env=env, capture_output=True, text=True, timeout=600)
+            p = subprocess.run([sys.executable, "-c", PROBE, str(job), str(threads)], env=env, capture_output=True, text=True,
+                               timeout=600)
             if p.returncode:
                 found[name]["backend"] = "failed: " + (p.stderr.strip().splitlines() or ["?"])[-1][:120]
                 continue
@@ -269,7 +247,7 @@ def tune_ct2(model: Path, batches: list[list[list[str]]], threads: int, rounds: 
         f["score"] = math.exp(statistics.fmean(map(math.log, f["tok_s"]))) if f["tok_s"] else 0.0
         print(f"  CT2 {f['name']}: {f['tok_s'] and ' / '.join(f'{x:.0f}' for x in f['tok_s'])} tok/s ({f['backend']})", flush=True)
     best = max(found.values(), key=lambda f: f["score"])
-    return best["name"], best["env"], list(found.values())
+    return {"name": best["name"], "env": best["env"], "backend": best["backend"], "candidates": list(found.values())}
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -299,9 +277,8 @@ def speed(name: str, engines: dict, sentences: list[list[int]], max_new: int, ro
             row["throughput_ratio"] = row["engine_tok_s"] / row["ct2_tok_s"]
             row["latency_ratio"] = row["engine_ms"] / row["ct2_ms"]
             rows.append(row)
-            extra = f", generate {row['generate_tok_s']:.0f} tok/s" if "generate" in engines else ""
             print(f"  {name} beam {beam} batch {batch}: engine {row['engine_tok_s']:.0f} tok/s ({row['engine_ms']:.1f} ms), "
-                  f"ct2 {row['ct2_tok_s']:.0f} tok/s ({row['ct2_ms']:.1f} ms) → {row['throughput_ratio']:.2f}×{extra}", flush=True)
+                  f"ct2 {row['ct2_tok_s']:.0f} tok/s ({row['ct2_ms']:.1f} ms) → {row['throughput_ratio']:.2f}×", flush=True)
     return rows
 
 
@@ -319,13 +296,8 @@ def agreement(engine: Engine, ct2: CT2, sources: list[list[int]], beam: int, tok
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor() or "unknown")
 
 
 def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path, args, threads: int, seconds: float) -> None:
@@ -334,7 +306,6 @@ def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "ctranslate2_bench.json").write_text(json.dumps({"identity": identity, "ct2_setting": ct2_setting, "rows": rows}, indent=2))
-    gen = "generate_tok_s" in rows[0]
     env = " ".join(f"{k}={v}" for k, v in ct2_setting["env"].items()) or "no CT2 variable"
     greedy, beam = identity["greedy"], identity["beam"]
     lines = [
@@ -343,10 +314,9 @@ def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path,
         f"- versions: onnxruntime {ort.__version__}, ctranslate2 {ctranslate2.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
         f"- command: `python tests/benchmarks/ctranslate2_bench.py{' --quick' if args.quick else ''}` ({seconds:.0f} s), {dt.date.today()}",
         "- engine: the service's `service.engine.DecodeEngine` (ONNX Runtime, KV cache; beams as rows of the shared batch), "
-        "the batch submitted at once, stepped until empty"
-        + ("; generate: `EncoderDecoderRuntime.generate` (offline path, IOBinding)" if gen else ""),
+        "the batch submitted at once, stepped until empty",
         f"- CT2: `Translator.translate_batch`, fp32, setting **{ct2_setting['name']}** ({env}; {ct2_setting['backend']}), "
-        f"the fastest of {len(ct2_setting['candidates'])} measured (below); `length_penalty` 0 on both",
+        f"the fastest of {len(ct2_setting['candidates'])} measured (below); `length_penalty` 0 on both; torch on 1 thread",
         f"- time: best run of {args.rounds} interleaved rounds (1-5 runs each, 0.2 s pause between engines), whole batch "
         "(encode + decode); tokens/s counts generated tokens", "",
         "## Same outputs", "",
@@ -355,20 +325,23 @@ def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path,
         f"Beam 4, first {beam['n']} test sentences: {beam['identical']}/{beam['n']} identical"
         + (f" (differences: {beam['examples']})" if beam["examples"] else ""), "",
         "## CTranslate2's CPU setting", "",
-        "Trained model, greedy, tok/s at batch " + " / ".join(map(str, BATCHES)) + f" ({threads} threads, best of each candidate's runs):", "",
+        f"Each in a clean process, {threads} threads, greedy tok/s at batch " + " / ".join(map(str, BATCHES))
+        + ": the trained model, then the base-sized one (16 tokens):", "",
         "| setting | environment | tok/s | geometric mean | backend |", "|---|---|---|---|---|",
     ]
     for c in ct2_setting["candidates"]:
         figures = " / ".join(f"{x:.0f}" for x in c["tok_s"]) if c["tok_s"] else "-"
         lines.append(f"| {c['name']} | {' '.join(f'{k}={v}' for k, v in c['env'].items()) or '-'} | {figures} | {c['score']:.0f} | {c['backend']} |")
+    if "here_vs_probe" in ct2_setting:
+        lines += ["", "CT2's greedy rows of the trained model below, against the chosen setting's clean process: "
+                  + " / ".join(f"{x:.2f}×" for x in ct2_setting["here_vs_probe"]) + " (interleaved with the engine; well under 1× would "
+                  "mean something in this process slows CT2, as a multi-threaded torch did by 2-3×)"]
     lines += ["", "## Throughput and latency", "",
-              "| model | beam | batch | engine tok/s | CT2 tok/s | throughput engine/CT2 | engine ms | CT2 ms | latency engine/CT2 |"
-              + (" generate tok/s | generate/CT2 |" if gen else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if gen else "")]
+              "| model | beam | batch | engine tok/s | CT2 tok/s | throughput engine/CT2 | engine ms | CT2 ms | latency engine/CT2 |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['beam']} | {r['batch']} | {r['engine_tok_s']:.0f} | {r['ct2_tok_s']:.0f} | "
-                     f"{r['throughput_ratio']:.2f}× | {r['engine_ms']:.1f} | {r['ct2_ms']:.1f} | {r['latency_ratio']:.2f}× |"
-                     + (f" {r['generate_tok_s']:.0f} | {r['generate_tok_s'] / r['ct2_tok_s']:.2f}× |" if gen else ""))
+                     f"{r['throughput_ratio']:.2f}× | {r['engine_ms']:.1f} | {r['ct2_ms']:.1f} | {r['latency_ratio']:.2f}× |")
     (out / "ctranslate2_bench.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -381,9 +354,8 @@ def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path,
     for ax, model in zip(axes[0], models):
         for beam_size, style in ((1, "-o"), (4, "--s")):
             sel = [r for r in rows if r["model"] == model and r["beam"] == beam_size]
-            for key, color, label in (("engine", "tab:blue", "engine"), ("ct2", "tab:orange", "CTranslate2"), ("generate", "tab:gray", "generate")):
-                if f"{key}_tok_s" in sel[0]:
-                    ax.plot([r["batch"] for r in sel], [r[f"{key}_tok_s"] for r in sel], style, color=color, label=f"{label}, beam {beam_size}")
+            for key, color, label in (("engine", "tab:blue", "engine"), ("ct2", "tab:orange", "CTranslate2")):
+                ax.plot([r["batch"] for r in sel], [r[f"{key}_tok_s"] for r in sel], style, color=color, label=f"{label}, beam {beam_size}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
         ax.set_xlabel("batch size")
@@ -401,21 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per sentence by the base-sized model")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds per row (default 5, --quick 1)")
-    parser.add_argument("--generate", action="store_true", help="also time EncoderDecoderRuntime.generate (offline path)")
     parser.add_argument("--ct2-env", help="use this CT2 setting (e.g. CT2_PACKED_GEMM=0,CT2_USE_MKL=1) instead of measuring the candidates")
-    parser.add_argument("--ct2-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    if args.ct2_probe:
-        ct2_probe(args.ct2_probe, args.threads, 7)
-        return 0
     try:
         import ctranslate2  # noqa: F401  (its CPU knobs are read at the first Translator, after tuning below)
     except ImportError:
         print('error: needs ctranslate2: pip install -e ".[bench]"', file=sys.stderr)
         return 2
     started = time.time()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # before any torch op: a multi-threaded torch team slows CT2 2-3x (see the docstring)
     args.rounds = args.rounds or (1 if args.quick else 5)
     model, tok = checkpoint.load("translator")
     model.eval()
@@ -430,26 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         test = [s for s, _ in text_data.build_corpus()["test"]]
         n = 200 if args.quick else len(test)
         sources = [tok.encode(s)[: model.config.max_len - 1] + [EOS] for s in test[:n]]
-
-        if args.ct2_env:
-            env = dict(kv.split("=", 1) for kv in args.ct2_env.split(","))
-            setting = {"name": "--ct2-env", "env": env, "backend": "", "candidates": []}
-        else:
-            name, env, candidates = tune_ct2(trained_ct2, [[[vocabulary[i] for i in s] for s in sources[:b]] for b in BATCHES],
-                                             args.threads, 1 if args.quick else 2, tmp)
-            setting = {"name": name, "env": env, "backend": next(c["backend"] for c in candidates if c["name"] == name),
-                       "candidates": candidates}
-        for knob in CT2_KNOBS:  # this process only, before its first Translator
-            os.environ.pop(knob, None)
-        os.environ.update(env)
-        print(f"CT2 setting: {setting['name']} {env}", flush=True)
-
-        engine, ct2 = Engine(trained, args.threads), CT2(trained_ct2, vocabulary, args.threads)
-        identity = {"greedy": agreement(engine, ct2, sources, 1, tok, test),
-                    "beam": agreement(engine, ct2, sources[: 64 if args.quick else 512], 4, tok, test)}
-        engines = {"engine": engine, "ct2": ct2} | ({"generate": Generate(trained, args.threads)} if args.generate else {})
-        rows = speed("trained (3+3, d 128)", engines, sources[:32], 128, args.rounds)
-
         base = base_model()
         base_dir, base_ct2 = tmp / "base", tmp / "base_ct2"
         base_dir.mkdir()
@@ -459,9 +406,30 @@ def main(argv: list[str] | None = None) -> int:
         convert(base, base_vocab, base_ct2)
         rng = np.random.default_rng(0)
         base_sources = [list(rng.integers(4, BASE.vocab_size, size=24)) + [EOS] for _ in range(32)]
+
+        if args.ct2_env:
+            env = dict(kv.split("=", 1) for kv in args.ct2_env.split(","))
+            setting = {"name": "--ct2-env", "env": env, "backend": "", "candidates": []}
+        else:
+            job = lambda directory, vocab, batch, max_len, reps: {
+                "model": str(directory), "batches": [[[vocab[i] for i in s] for s in batch[:b]] for b in BATCHES],
+                "max_len": max_len, "reps": reps}
+            setting = tune_ct2([job(trained_ct2, vocabulary, sources, 128, 7), job(base_ct2, base_vocab, base_sources, 16, 2)],
+                               args.threads, 1 if args.quick else 2, tmp)
+        for knob in CT2_KNOBS:  # this process only, before its first Translator
+            os.environ.pop(knob, None)
+        os.environ.update(setting["env"])
+        print(f"CT2 setting: {setting['name']} {setting['env']}", flush=True)
+
+        engine, ct2 = Engine(trained, args.threads), CT2(trained_ct2, vocabulary, args.threads)
+        identity = {"greedy": agreement(engine, ct2, sources, 1, tok, test),
+                    "beam": agreement(engine, ct2, sources[: 64 if args.quick else 512], 4, tok, test)}
+        rows = speed("trained (3+3, d 128)", {"engine": engine, "ct2": ct2}, sources[:32], 128, args.rounds)
+        probe = next((c["tok_s"] for c in setting["candidates"] if c["name"] == setting["name"]), None)
+        if probe:
+            setting["here_vs_probe"] = [r["ct2_tok_s"] / x for r, x in zip(rows[: len(BATCHES)], probe)]
+            print("CT2 here vs its clean process (greedy):", " / ".join(f"{x:.2f}×" for x in setting["here_vs_probe"]), flush=True)
         engines = {"engine": Engine(base_dir, args.threads), "ct2": CT2(base_ct2, base_vocab, args.threads)}
-        if args.generate:
-            engines["generate"] = Generate(base_dir, args.threads)
         rows += speed("Transformer-base (6+6, d 512, random)", engines, base_sources, args.tokens, args.rounds)
     write_report(identity, setting, rows, args.out, args, args.threads, time.time() - started)
     print(f"wrote {args.out / 'ctranslate2_bench.md'}")
