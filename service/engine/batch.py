@@ -106,6 +106,12 @@ class KVBatch:
         self.cross_mask = self.cross_mask[:, :s]
         self._index()
 
+    def idle(self, rows: list[int]) -> None:
+        """Rows whose sequence has finished, left in place until a newcomer takes them: they keep no cache columns
+        (so ``trim`` can drop what only they used) and their outputs are ignored."""
+        if rows:
+            self.valid[rows] = False
+
     def trim(self) -> None:
         """Drop leading cache columns no live row uses any more (views, no copy)."""
         used = np.flatnonzero(self.valid.any(axis=0))

@@ -11,16 +11,19 @@ import numpy as np
 
 
 def log_softmax_top(logits: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``c`` best tokens and their log-probabilities: ``(tokens (R, c), logp (R, c) float64)``.
+    """Each row's ``c`` best tokens and their log-probabilities, best first: ``(tokens (R, c), logp (R, c) float64)``.
 
-    The top ``c`` are selected first (linear time, ``argpartition``) and only they are scored; the normaliser is
-    computed in float64 over the whole row."""
+    The top ``c`` are selected first (linear time, ``argpartition``) and only they are scored and sorted; the
+    normaliser is computed in float64 over the whole row. The engine calls it once per step for every beam row of
+    every request (called per request, it was a fifth of a beam-4 batch's time)."""
     logits = logits.astype(np.float32, copy=False)
     c = min(c, logits.shape[1])
     tokens = np.argpartition(-logits, c - 1, axis=1)[:, :c]  # (R, c)
     shifted = logits - logits.max(-1, keepdims=True)
     lse = np.log(np.exp(shifted).sum(-1, keepdims=True, dtype=np.float64))  # (R, 1)
-    return tokens, np.take_along_axis(shifted, tokens, axis=1).astype(np.float64) - lse
+    logp = np.take_along_axis(shifted, tokens, axis=1).astype(np.float64) - lse
+    order = np.argsort(-logp, axis=1, kind="stable")
+    return np.take_along_axis(tokens, order, axis=1), np.take_along_axis(logp, order, axis=1)
 
 
 class BeamState:
@@ -49,9 +52,13 @@ class BeamState:
     def advance(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Next-token logits of the ``k`` rows ``(k, V)`` → (for each row, the row it continues from ``(k,)``; the
         token it is fed next ``(k,)``; whether the search is done)."""
-        k, c = self.k, self.c
-        cand_tok, cand_logp = log_softmax_top(logits, c)  # (k, c)
-        c = cand_tok.shape[1]
+        return self.advance_top(*log_softmax_top(logits, self.c))
+
+    def advance_top(self, cand_tok: np.ndarray, cand_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """``advance`` from each row's best candidates, best first (``log_softmax_top``; at least ``2k`` of them)."""
+        k = self.k
+        c = min(self.c, cand_tok.shape[1])
+        cand_tok, cand_logp = cand_tok[:, :c], cand_logp[:, :c]
         total = (self.scores[:, None] + cand_logp).reshape(-1)  # (k*c,)
         order = np.argsort(-total, kind="stable")[: 2 * k]
         rows, tokens, scores, seqs = [], [], [], []
