@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: needs `hey` (Debian: apt-get install hey)", file=sys.stderr)
         return 2
     machine = f"{cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-    command = "python tests/benchmarks/concurrency.py" + " ".join(f" {a}" for a in (argv or sys.argv[1:]))
+    command = " ".join(["python tests/benchmarks/concurrency.py", *(argv or sys.argv[1:])])
     replicas = {}
     if args.url:
         result = sweep(args.url.rstrip("/"), args.seconds)
