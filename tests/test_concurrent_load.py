@@ -5,7 +5,6 @@ import base64
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import requests
 

@@ -1,10 +1,6 @@
 """Iteration-level batching: admission between steps, immediate retirement, deadlines, cancellation."""
 
-import ctypes
-import os
 import random
-import sys
-import threading
 import time
 
 import numpy as np
@@ -16,7 +12,6 @@ from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
 from service.metrics import DECODER_STEP_SAMPLE
 from service.runtime import EncoderDecoderRuntime
-from tests.servicekit import rss_mb
 
 EOS = 3
 

@@ -9,7 +9,7 @@ import grpc
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, redeployed, rss_mb, sample, scrape, stats, wait_for
+from tests.servicekit import LOOPING_TEXT, rss_mb, sample, scrape, stats, wait_for
 
 LONG = {"text": LOOPING_TEXT, "max_new_tokens": 256}  # 256 greedy steps: 0.1-0.15 s alone, longer among 16
 # Sixteen such texts in one request: 4,096 tokens, ~0.5-1 s of decoding here. One text alone can finish inside

@@ -168,7 +168,7 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from frontend_bench import Process, cpu_name, free_port
+    from frontend_bench import cpu_name, local_service
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running service (default: start one as `make run` does)")
@@ -185,27 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = sweep(args.url.rstrip("/"), args.seconds)
     else:
-        import requests
-
-        http = free_port()
-        url = f"http://127.0.0.1:{http}"
-        env = dict(os.environ) | {"MODEL_REPOSITORY": str(args.repository.resolve()), "SERVE_HTTP_PORT": str(http),
-                                  "SERVE_GRPC_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-
-        def ready() -> bool:
-            try:
-                return requests.get(url + "/readyz", timeout=5).status_code == 200
-            except requests.RequestException:
-                return False
-
-        with tempfile.TemporaryDirectory() as tmp:
-            print("starting the service…", flush=True)
-            proc = Process("service", [sys.executable, "-m", "service.app"], env, ready, Path(tmp) / "service.log")
-            try:
-                result = sweep(url, args.seconds)
-                replicas = replica_stats()
-            finally:
-                proc.stop()
+        with local_service(args.repository) as url:
+            result = sweep(url, args.seconds)
+            replicas = replica_stats()
     result |= {"when": time.strftime("%Y-%m-%d"), "seconds": args.seconds, "clients": list(CLIENTS), "machine": machine,
                "replicas": replicas}
     args.out.mkdir(parents=True, exist_ok=True)

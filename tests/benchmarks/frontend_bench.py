@@ -22,6 +22,7 @@ the same load generator (``loadgen.py``): closed loop at ``--concurrency`` and P
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -105,6 +106,31 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def local_service(repository: Path):
+    """The service as ``make run`` starts it, on free ports, for the time of a ``with``: yields its HTTP URL."""
+    import requests
+
+    http = free_port()
+    url = f"http://127.0.0.1:{http}"
+    env = dict(os.environ) | {"MODEL_REPOSITORY": str(Path(repository).resolve()), "SERVE_HTTP_PORT": str(http),
+                              "SERVE_GRPC_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
+
+    def ready() -> bool:
+        try:
+            return requests.get(url + "/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print("starting the service…", flush=True)
+        proc = Process("service", [sys.executable, "-m", "service.app"], env, ready, Path(tmp) / "service.log")
+        try:
+            yield url
+        finally:
+            proc.stop()
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -37,7 +37,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -411,7 +410,7 @@ def translator_stats() -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from frontend_bench import Process, cpu_name, free_port
+    from frontend_bench import cpu_name, local_service
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running service (default: start one as `make run` does)")
@@ -444,30 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result, stats = measure(args.url)
     else:
-        import requests
-
         repository = args.repository.resolve()
         if not (repository / "translator" / "1" / "config.json").exists():
             print(f"error: no model repository at {repository}; run `python -m export --out {repository}`", file=sys.stderr)
             return 2
-        http = free_port()
-        url = f"http://127.0.0.1:{http}"
-        env = dict(os.environ) | {"MODEL_REPOSITORY": str(repository), "SERVE_HTTP_PORT": str(http),
-                                  "SERVE_GRPC_PORT": str(free_port()), "METRICS_PORT": str(free_port())}
-
-        def ready() -> bool:
-            try:
-                return requests.get(url + "/readyz", timeout=5).status_code == 200
-            except requests.RequestException:
-                return False
-
-        with tempfile.TemporaryDirectory() as tmp:
-            print("starting the service…", flush=True)
-            proc = Process("service", [sys.executable, "-m", "service.app"], env, ready, Path(tmp) / "service.log")
-            try:
-                result, stats = measure(url)
-            finally:
-                proc.stop()
+        with local_service(repository) as url:
+            result, stats = measure(url)
     args.out.mkdir(parents=True, exist_ok=True)
     result["translator"] = stats
     (args.out / "overload.json").write_text(json.dumps(result, indent=1))
