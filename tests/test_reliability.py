@@ -53,8 +53,10 @@ def cancel_a_thousand(service, url):
             local.http = requests.Session()
         return local.http.post(url + "/v1/translate", json=LONG, headers={"X-Request-Timeout-Ms": "100"}, timeout=30).status_code
 
+    # Each answer is a 504 (admitted, cut off by its deadline: what this is about) or a 503 (refused at once: with the
+    # batch full, a place would come too late for a 100 ms deadline)
     with ThreadPoolExecutor(16) as pool:
-        assert set(pool.map(cancelled_request, range(100))) == {504}  # warm-up: allocator pools, connections
+        assert set(pool.map(cancelled_request, range(100))) <= {503, 504}  # warm-up: allocator pools, connections
         wait_for(lambda: stats("Translator")["active"] == 0, 10, "the warm-up decodes to stop")
         pid = stats("Translator")["pid"]
         baseline = statistics.median(rss_mb(pid) for _ in range(3))
@@ -62,7 +64,7 @@ def cancel_a_thousand(service, url):
         started = time.monotonic()
         codes = list(pool.map(cancelled_request, range(1000)))
         elapsed = time.monotonic() - started
-    assert set(codes) == {504}, {c: codes.count(c) for c in set(codes)}
+    assert set(codes) <= {503, 504} and codes.count(504) >= 100, {c: codes.count(c) for c in set(codes)}
     wait_for(lambda: stats("Translator")["active"] == 0 and stats("Translator")["waiting"] == 0, 10, "the engine to empty")
     s = stats("Translator")
     assert s["pid"] == pid  # the same replica throughout
@@ -71,7 +73,8 @@ def cancel_a_thousand(service, url):
     assert after < baseline * 1.10, f"translator RSS {baseline:.0f} MB → {after:.0f} MB after 1,000 cancelled decodes"
     wait_for(lambda: sample(scrape(service), "ray_inference_requests_in_flight", model="translator") == 0, 20,
              "the in-flight gauge to return to 0")
-    print(f"1,000 cancelled decodes in {elapsed:.1f} s ({retired} sequences retired by the engine); "
+    print(f"1,000 requests in {elapsed:.1f} s ({codes.count(504)} cut off by their deadline, {codes.count(503)} refused; "
+          f"{retired} sequences retired by the engine); "
           f"translator RSS {baseline:.0f} → {after:.0f} MB")
 
 

@@ -115,3 +115,12 @@ def test_sequences_past_their_deadline_hold_no_place_in_the_wait_estimate():
     later = now + 0.02  # all fifty expired; nothing has stepped since
     assert sched.waiting_rows(later) == 0
     sched.submit([seq()], live_rows=3, limit=4, now=later)  # a free row, nobody ahead: admitted
+
+
+def test_a_request_is_tried_when_a_place_is_free_however_short_its_deadline():
+    """Refusal is for the queue: with a free row, a 1 ms deadline is admitted (and answered 504 if it runs out),
+    not told to retry."""
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    sched.submit([seq(deadline=now + 0.001)], live_rows=0, limit=4, now=now)
+    assert len(sched.waiting) == 1

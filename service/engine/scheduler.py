@@ -154,7 +154,9 @@ class Scheduler:
         if queued + width > self.options.max_queue:
             raise QueueFull(f"{queued} rows already waiting, room for {self.options.max_queue}")
         wait = self.expected_wait(seqs[0].width, live_rows, limit, now)  # its later sequences wait behind its own work
-        if wait > (budget := self.budget(seqs[0], now)):
+        # Refused only for the queue: with a place free now it is tried, whatever its deadline (it may be short enough;
+        # if not, the deadline answers 504, which says what happened, where a 503 would invite a pointless retry).
+        if wait > 0 and wait > (budget := self.budget(seqs[0], now)):
             raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a place in the batch, over its budget of "
                             f"{max(budget, 0) * 1e3:.0f} ms", "expected_wait")
         for seq in seqs:
