@@ -124,3 +124,26 @@ def test_a_request_is_tried_when_a_place_is_free_however_short_its_deadline():
     now = time.monotonic()
     sched.submit([seq(deadline=now + 0.001)], live_rows=0, limit=4, now=now)
     assert len(sched.waiting) == 1
+
+
+def test_a_request_of_many_sequences_gets_its_share_of_the_batch_not_all_of_it():
+    """64 long texts from one client, then 8 ordinary requests: the ordinary ones start at the next step instead of
+    waiting behind all 64 (beside such a request, 16 clients got one 503 for every 200)."""
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    big = [seq() for _ in range(64)]
+    sched.submit(big, live_rows=0, limit=16, now=now)
+    first, _ = sched.admit(16, now, limit=16)
+    assert first == big[:16] and sched.held == {big[0]: 16}
+    small = [seq() for _ in range(8)]
+    for s in small:
+        sched.submit([s], live_rows=16, limit=16, now=now)
+    for s in first[:8]:  # eight of the big request's rows finish
+        sched.left(s)
+    admitted, _ = sched.admit(8, now, limit=16)
+    assert admitted == small  # share 16 // 9 = 1 each: the big request holds 8 already
+    for s in small[:4]:
+        sched.left(s)
+    admitted, _ = sched.admit(4, now, limit=16)
+    assert admitted == big[16:20]  # nobody else is waiting: the big request goes on, first come, first served
+    assert sched.held[big[0]] == 12 and all(sched.held[s] == 1 for s in small[4:])

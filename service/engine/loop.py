@@ -161,6 +161,7 @@ class DecodeEngine:
             self._finish(seq, "cancelled")
         self.batch.clear()
         self.scheduler.waiting.clear()
+        self.scheduler.held.clear()
 
     # ---------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -207,7 +208,7 @@ class DecodeEngine:
             room = self.batch_limit - (len(self.batch) - len(dead))
             if self.options.scheduling == "static" and len(self.batch) > len(dead):
                 room = 0
-            admitted, dropped = self.scheduler.admit(room, now)
+            admitted, dropped = self.scheduler.admit(room, now, self.batch_limit)
         for seq, reason in dropped:
             if reason == "rejected" and seq is (seq.leader or seq):
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="queue_timeout")
@@ -228,6 +229,7 @@ class DecodeEngine:
         fails only its own request. Returns how many of ``slots`` were taken."""
         started = time.monotonic()
         for seq in seqs:
+            seq.admitted_at_step = self.steps  # (its rows are held from now: a failure below releases them)
             self.metrics.observe("inference_queue_duration_seconds", started - seq.submitted_at, model=self.model)
         try:
             cross, mask = self._encode(seqs)
@@ -246,7 +248,6 @@ class DecodeEngine:
         self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="encoder")
         self.metrics.observe("inference_batch_size", len(seqs), model=self.model, stage="encoder")
         for seq in seqs:
-            seq.admitted_at_step = self.steps
             seq.search = BeamState(seq.beam_size, self.eos, seq.length_penalty) if seq.beam_size > 1 else None
         taken = min(len(slots), sum(s.width for s in seqs))
         self.batch.place(seqs, cross, mask, slots[:taken])
@@ -349,9 +350,12 @@ class DecodeEngine:
                 self.metrics.observe("generation_time_per_output_token_seconds", per_token, model=self.model)
             if reason == "deadline" and seq.admitted_at_step is None:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="deadline")
-            if reason in ("eos", "length"):
+            if seq.admitted_at_step is not None or reason in ("eos", "length"):
                 with self.lock:
-                    self.scheduler.observed_finish(seq.steps)
+                    if reason in ("eos", "length"):
+                        self.scheduler.observed_finish(seq.steps)
+                    if seq.admitted_at_step is not None:
+                        self.scheduler.left(seq)
         seq.finished_at_step = self.steps
         if not seq.future.done():
             if reason == "error":

@@ -109,6 +109,7 @@ class Scheduler:
     def __init__(self, options: EngineOptions) -> None:
         self.options = options
         self.waiting: deque[Sequence] = deque()
+        self.held: dict[Sequence, int] = {}  # rows each request (by its leader) has decoding
         self.step_s = PRIOR_STEP_S  # running mean of a full-width step's seconds
         self.steps_per_seq = PRIOR_STEPS  # running mean of the steps a finished sequence took
 
@@ -125,11 +126,22 @@ class Scheduler:
         now = time.monotonic() if now is None else now
         return sum(s.width for s in self.waiting if not s.gone(now))
 
+    def rows_ahead(self, now: float, limit: int) -> int:
+        """The waiting rows a new request would wait behind: under the fair share (``admit``), each waiting request's
+        rows up to what it is owed, not a big request's whole backlog."""
+        waiting: dict[Sequence, int] = {}
+        for s in self.waiting:
+            if not s.gone(now):
+                waiting[s.leader or s] = waiting.get(s.leader or s, 0) + s.width
+        share = max(1, limit // (len(set(self.held) | set(waiting)) + 1))  # + 1: the newcomer
+        return sum(min(rows, max(0, share - self.held.get(leader, 0))) for leader, rows in waiting.items())
+
     def expected_wait(self, width: int, live_rows: int, limit: int, now: float) -> float:
         """Seconds a request of ``width`` rows arriving now would wait for its place: 0 while the batch has room
-        for it and everything ahead of it, else the rows that must leave first ÷ the rate rows leave a full batch.
+        for it and the rows ahead of it (``rows_ahead``), else the rows that must leave first ÷ the rate rows leave a
+        full batch.
         Finite always (the priors stand in until the loop has measured)."""
-        need = self.waiting_rows(now) + width - max(0, limit - live_rows)
+        need = self.rows_ahead(now, limit) + width - max(0, limit - live_rows)
         if need <= 0:
             return 0.0
         rate = limit / (self.steps_per_seq * self.step_s)  # rows leaving per second
@@ -163,22 +175,51 @@ class Scheduler:
             seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at
         self.waiting.extend(seqs)
 
-    def admit(self, room: int, now: float) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
-        """(The sequences that take up to ``room`` rows now, in arrival order; those to finish instead, with why).
+    def admit(self, room: int, now: float, limit: int | None = None) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
+        """(The sequences that take up to ``room`` rows now; those to finish instead, with why).
 
-        First come, first served: a beam request at the head that does not fit yet is not overtaken (it would
-        starve behind a stream of one-row requests); it waits for its rows."""
-        admitted, dropped = [], []
-        while self.waiting:
-            seq = self.waiting[0]
+        Fair share first: every request (decoding or waiting) is owed ``limit`` ÷ their number rows, and the
+        sequences of requests holding less than that are admitted first, in arrival order; what room is left goes
+        first come, first served, where a sequence at the head that does not fit yet (a beam) is not overtaken. So
+        one client's request of 64 long texts gets its share of the batch, not all of it, and the ordinary requests
+        behind it start at once instead of waiting out their budget (before this, 16 clients beside such a request
+        got one 503 for every 200)."""
+        admitted, dropped, keep = [], [], deque()
+        for seq in self.waiting:  # cancelled or expired anywhere in the queue: out now
             if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
-                dropped.append((self.waiting.popleft(), "cancelled" if seq.cancelled else "deadline"))
-                continue
-            if seq.width > room:
-                break
-            admitted.append(self.waiting.popleft())
-            room -= seq.width
+                dropped.append((seq, "cancelled" if seq.cancelled else "deadline"))
+            else:
+                keep.append(seq)
+        self.waiting = keep
+        if limit is not None and self.waiting and room > 0:
+            requests = set(self.held) | {s.leader or s for s in self.waiting}
+            share = max(1, limit // len(requests))
+            rest = deque()
+            for seq in self.waiting:
+                leader = seq.leader or seq
+                if seq.width <= room and self.held.get(leader, 0) < share:
+                    self._take(seq, admitted)
+                    room -= seq.width
+                else:
+                    rest.append(seq)
+            self.waiting = rest
+        while self.waiting and self.waiting[0].width <= room:
+            room -= self.waiting[0].width
+            self._take(self.waiting.popleft(), admitted)
         return admitted, dropped + self._overdue(now)
+
+    def _take(self, seq: Sequence, admitted: list[Sequence]) -> None:
+        leader = seq.leader or seq
+        self.held[leader] = self.held.get(leader, 0) + seq.width
+        admitted.append(seq)
+
+    def left(self, seq: Sequence) -> None:
+        """An admitted sequence has left the batch: its request holds its rows no more."""
+        leader = seq.leader or seq
+        if (held := self.held.get(leader, 0) - seq.width) > 0:
+            self.held[leader] = held
+        else:
+            self.held.pop(leader, None)
 
     def _overdue(self, now: float) -> list[tuple[Sequence, str]]:
         """The requests without a deadline still waiting past max_queue_wait_s none of whose sequences has started
