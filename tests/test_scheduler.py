@@ -147,3 +147,13 @@ def test_a_request_of_many_sequences_gets_its_share_of_the_batch_not_all_of_it()
     admitted, _ = sched.admit(4, now, limit=16)
     assert admitted == big[16:20]  # nobody else is waiting: the big request goes on, first come, first served
     assert sched.held[big[0]] == 12 and all(sched.held[s] == 1 for s in small[4:])
+
+
+def test_an_owed_beam_that_does_not_fit_yet_is_not_overtaken():
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    beam, one = seq(width=4), seq()
+    for s in (beam, one):
+        sched.submit([s], live_rows=16, limit=16, now=now)
+    assert sched.admit(2, now, limit=16)[0] == []  # two rows free: the beam waits, and so does the one behind it
+    assert sched.admit(5, now, limit=16)[0] == [beam, one]

@@ -180,7 +180,8 @@ class Scheduler:
 
         Fair share first: every request (decoding or waiting) is owed ``limit`` ÷ their number rows, and the
         sequences of requests holding less than that are admitted first, in arrival order; what room is left goes
-        first come, first served, where a sequence at the head that does not fit yet (a beam) is not overtaken. So
+        first come, first served. In both, a sequence that does not fit yet (a beam of four rows when two are
+        free) is not overtaken: under load, one-row requests would take every row as it frees and starve it. So
         one client's request of 64 long texts gets its share of the batch, not all of it, and the ordinary requests
         behind it start at once instead of waiting out their budget (before this, 16 clients beside such a request
         got one 503 for every 200)."""
@@ -194,14 +195,16 @@ class Scheduler:
         if limit is not None and self.waiting and room > 0:
             requests = set(self.held) | {s.leader or s for s in self.waiting}
             share = max(1, limit // len(requests))
-            rest = deque()
+            rest, blocked = deque(), False
             for seq in self.waiting:
                 leader = seq.leader or seq
-                if seq.width <= room and self.held.get(leader, 0) < share:
-                    self._take(seq, admitted)
-                    room -= seq.width
-                else:
-                    rest.append(seq)
+                if not blocked and self.held.get(leader, 0) < share:
+                    if seq.width <= room:
+                        self._take(seq, admitted)
+                        room -= seq.width
+                        continue
+                    blocked = True  # an owed beam that does not fit yet is not overtaken: it would starve
+                rest.append(seq)
             self.waiting = rest
         while self.waiting and self.waiting[0].width <= room:
             room -= self.waiting[0].width
