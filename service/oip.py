@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import Kind, ServiceError
+
 SERVER = {"name": "attention-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
@@ -57,12 +59,14 @@ GRPC_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_co
               "UINT32": "uint_contents", "UINT64": "uint64_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents"}
 
 
-class ProtocolError(ValueError):
-    """A request the protocol cannot accept; ``status`` is the HTTP status (gRPC maps it)."""
+_KINDS = {400: Kind.INVALID, 404: Kind.NOT_FOUND, 413: Kind.TOO_LARGE, 422: Kind.OUT_OF_RANGE}
+
+
+class ProtocolError(ServiceError):
+    """A request the protocol cannot accept, as a ``ServiceError`` of the kind its HTTP ``status`` names."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(_KINDS[status], "not_found" if status == 404 else "invalid_tensor", message)
 
 
 @dataclass

@@ -80,14 +80,15 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-def stats(name: str) -> dict:
-    """A deployment's ``stats()``."""
+def stats(model: str) -> dict:
+    """One model's ``stats()`` in the serving replica (``service.server.Server.stats``)."""
     import asyncio
 
     from ray import serve
 
     async def ask() -> dict:
-        return await asyncio.wait_for(serve.get_deployment_handle(name, app_name=serve_config.APP_NAME).stats.remote(), 30)
+        handle = serve.get_deployment_handle("Server", app_name=serve_config.APP_NAME)
+        return await asyncio.wait_for(handle.stats.remote(model), 30)
 
     return asyncio.run_coroutine_threadsafe(ask(), _handle_loop()).result(40)
 
@@ -103,18 +104,26 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
 
 
 @contextlib.contextmanager
-def redeployed(service: Service, name: str, **fields):
-    """Redeploy the serve config with one deployment's entry changed, as an operator would; restore it after."""
+def redeployed(service: Service, **fields):
+    """Redeploy the serve config with the Server deployment's entry changed, as an operator would; restore it after."""
     from ray import serve
 
     config = copy.deepcopy(service.config)
-    serve_config.deployment(config, name).update(fields)
+    serve_config.deployment(config, "Server").update(fields)
     serve_config.deploy(config)
     try:
         yield
     finally:
         serve_config.deploy(service.config)
         wait_for(lambda: serve.status().applications[serve_config.APP_NAME].status == "RUNNING", what="the app to run")
+
+
+def reconfigured(service: Service, model: str, settings: dict):
+    """``redeployed`` with one model's ``user_config`` entry replaced by ``settings`` (applied in place by
+    ``reconfigure``: the replica keeps running)."""
+    user_config = copy.deepcopy(serve_config.deployment(service.config, "Server")["user_config"])
+    user_config[model] = settings
+    return redeployed(service, user_config=user_config)
 
 
 def scrape(service: Service) -> str:

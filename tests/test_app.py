@@ -54,8 +54,8 @@ def test_missing_repository_is_a_clear_error(tmp_path):
 
 def test_broken_serve_config_is_a_clear_error(repo, tmp_path):
     bad = tmp_path / "serve_config.yaml"
-    bad.write_text("applications:\n  - name: inference\n    import_path: service.ingress:build_app\n    deployments:\n"
-                   "      - name: Classifier\n        max_ongoing_requests: -3\n")
+    bad.write_text("applications:\n  - name: inference\n    import_path: service.server:build_app\n    deployments:\n"
+                   "      - name: Server\n        max_ongoing_requests: -3\n")
     env = child_env(MODEL_REPOSITORY=str(repo), SERVE_CONFIG=str(bad))
     proc = subprocess.run([sys.executable, "-m", "service.app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "serve config" in proc.stderr and "max_ongoing_requests" in proc.stderr, proc.stderr

@@ -13,7 +13,7 @@ import torch
 from models import checkpoint
 from models.data import digits as D
 from proto import inference_pb2 as pb
-from service.decoding import cross_attention_maps
+from models.reference import cross_attention_maps
 from service.images import encode_png
 
 ROOT = Path(__file__).resolve().parents[1]

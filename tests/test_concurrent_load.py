@@ -37,12 +37,12 @@ def test_beam_and_greedy_requests_from_different_clients_decode_together(url):
     texts = ["Friday, March 14, 2025", "nine hundred and twelve", "She speaks German.", "Thursday, April 12, 1973"]
     alone = {(t, b): requests.post(url + "/v1/translate", json={"text": t, "beam_size": b}).json()["translations"]
              for t in texts for b in (1, 4)}
-    before = stats("Translator")["finished"].get("eos", 0)
+    before = stats("translator")["finished"].get("eos", 0)
     bodies = [("/v1/translate", {"text": t, "beam_size": b}) for t in texts for b in (1, 4)] * 3
     replies = post_all(url, bodies)
     assert [r.status_code for r in replies] == [200] * len(bodies)
     assert [r.json()["translations"] for r in replies] == [alone[(b["text"], b["beam_size"])] for _, b in bodies]
-    assert stats("Translator")["finished"].get("eos", 0) - before == len(bodies)  # all through the one engine
+    assert stats("translator")["finished"].get("eos", 0) - before == len(bodies)  # all through the one engine
 
 
 def test_a_caption_asking_for_256_tokens_on_noise_fails_no_one(url, stub):
@@ -58,7 +58,7 @@ def test_a_caption_asking_for_256_tokens_on_noise_fails_no_one(url, stub):
     assert [r.json()["captions"] for r in replies[1:]] == expected
     assert 1 <= len(replies[0].json()["captions"][0].split()) <= 48  # at most 48 tokens, each at most a word
     reply = stub.Caption(pb.CaptionRequest(image=base64.b64decode(noise), max_new_tokens=256), timeout=30)
-    assert 1 <= len(reply.captions[0].split()) and stats("Captioner")["max_new_tokens_limit"] == 48
+    assert 1 <= len(reply.captions[0].split()) and stats("captioner")["max_new_tokens_limit"] == 48
 
 
 def test_a_burst_of_sixty_four_clients_on_every_decoder_route_is_all_answered(url):

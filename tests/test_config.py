@@ -20,45 +20,48 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_file_is_a_valid_serve_deploy_config():
     schema = serve_config.validate(serve_config.load())
     (app,) = schema.applications
-    assert app.name == serve_config.APP_NAME and app.route_prefix == "/" and app.import_path == "service.ingress:build_app"
-    assert {d.name for d in app.deployments} == {"Ingress", "Classifier", "Translator", "Captioner"}
+    assert app.name == serve_config.APP_NAME and app.route_prefix == "/" and app.import_path == "service.server:build_app"
+    assert {d.name for d in app.deployments} == {"Server"}  # the ingress runs the models: one hop (service/server.py)
+    assert app.logging_config.enable_access_log is False  # a log line per request is CPU at these rates
     assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
 
 
 def test_grpc_servicers_and_batching_limits_agree_with_the_code():
-    from service.ingress import GRPC_SERVICERS, MAX_ITEMS
+    from service.contract import MAX_ITEMS
+    from service.server import GRPC_SERVICERS
 
     config = serve_config.load()
     assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICERS
-    classifier = serve_config.deployment(config, "Classifier")
-    assert classifier["max_ongoing_requests"] >= classifier["user_config"]["max_batch_size"]  # a full batch can form
-    for name in ("Translator", "Captioner"):
-        entry = serve_config.deployment(config, name)
-        assert entry["user_config"]["max_queue"] >= MAX_ITEMS  # a request of MAX_ITEMS texts always fits
-        assert entry["max_ongoing_requests"] >= entry["user_config"]["max_batch_size"]
-    gpus = [serve_config.deployment(config, n)["ray_actor_options"]["num_gpus"] for n in ("Classifier", "Translator", "Captioner")]
-    assert 0 < sum(gpus) <= 1  # the three models share one GPU
+    server = serve_config.deployment(config, "Server")
+    settings = server["user_config"]
+    assert set(settings) == {"classifier", "translator", "captioner"}
+    assert settings["classifier"]["max_queue"] >= MAX_ITEMS * 2  # a request of MAX_ITEMS images always fits
+    for name in ("translator", "captioner"):
+        assert settings[name]["max_queue"] >= MAX_ITEMS  # a request of MAX_ITEMS texts always fits
+    # requests wait in the models' queues, whose admission sees them, not in front of Serve's bound
+    assert server["max_ongoing_requests"] >= sum(s["max_queue"] for s in settings.values())
+    assert server["ray_actor_options"]["num_gpus"] == 1  # a replica holds the three models and one GPU
 
 
 def test_localize_drops_gpu_requests_only_without_a_gpu():
     config = serve_config.load()
     cpu, notes = serve_config.localize(config, repository="/x", host="127.0.0.1", http_port=1, grpc_port=2, gpus=0)
-    assert len(notes) == 3 and all("num_gpus" in n for n in notes)
+    assert len(notes) == 1 and all("num_gpus" in n for n in notes)
     assert all("num_gpus" not in d.get("ray_actor_options", {}) for d in cpu["applications"][0]["deployments"])
     assert cpu["applications"][0]["args"] == {"repository": "/x"} and cpu["http_options"]["port"] == 1
     gpu, notes = serve_config.localize(config, gpus=1)
     assert not notes and gpu == config
     one, notes = serve_config.localize(config, gpus=1, single_node=True)
-    assert len(notes) == 4 and all(d["autoscaling_config"]["max_replicas"] == 1 for d in one["applications"][0]["deployments"])
-    assert serve_config.deployment(config, "Translator")["autoscaling_config"]["max_replicas"] == 4
-    assert "num_gpus" in serve_config.deployment(config, "Translator")["ray_actor_options"]  # the input is untouched
+    assert len(notes) == 1 and all(d["autoscaling_config"]["max_replicas"] == 1 for d in one["applications"][0]["deployments"])
+    assert serve_config.deployment(config, "Server")["autoscaling_config"]["max_replicas"] == 4
+    assert "num_gpus" in serve_config.deployment(config, "Server")["ray_actor_options"]  # the input is untouched
 
 
 def test_the_builder_takes_the_files_args():
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.deployment import Application
 
-    from service.ingress import build_app
+    from service.server import build_app
 
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, {}), Application)
     assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, {"repository": "/models"}), Application)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models import checkpoint
-from service.decoding import DecodingOptions, TorchInference, beam_search, decode, greedy
+from models.reference import TorchInference
+from service.decoding import DecodingOptions, beam_search, decode, greedy
 from service.runtime import EncoderDecoderRuntime
 
 BOS, EOS, A, B = 2, 3, 4, 5
@@ -123,7 +124,7 @@ def test_an_interrupted_search_stops_at_the_next_step(repo):
 
 
 def test_cross_attention_maps_have_the_right_shape_and_rows_sum_to_one():
-    from service.decoding import cross_attention_maps
+    from models.reference import cross_attention_maps
 
     model, tok = checkpoint.load("translator")
     rows = [tok.encode("She speaks German.") + [EOS], tok.encode("nine") + [EOS]]
@@ -139,7 +140,7 @@ def test_cross_attention_maps_have_the_right_shape_and_rows_sum_to_one():
 
 def test_caption_words_attend_to_their_quadrant():
     from models.data import digits as D
-    from service.decoding import cross_attention_maps
+    from models.reference import cross_attention_maps
 
     model, tok = checkpoint.load("captioner")
     canvases, captions, layouts = D.make_scenes(D.digit_splits()["test"], 200, seed=5)

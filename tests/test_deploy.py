@@ -129,12 +129,10 @@ def test_serve_config_v2_is_the_serve_config_and_valid_for_serve():
     embedded = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     assert embedded == serve_config.load(), "copy deploy/serve_config.yaml into serveConfigV2 (deploy/rayservice.yaml)"
     schema = serve_config.validate(embedded)  # Ray's own ServeDeploySchema
-    for app in schema.applications:
-        for d in app.deployments:
-            if d.name != "Ingress":
-                assert d.autoscaling_config is not None, d.name  # Serve autoscaling per deployment
-    gpus = [serve_config.deployment(embedded, n)["ray_actor_options"]["num_gpus"] for n in ("Classifier", "Translator", "Captioner")]
-    assert all(0 < g < 1 for g in gpus) and sum(gpus) <= 1  # fractions: the models share one GPU
+    (app,) = schema.applications
+    (server,) = app.deployments
+    assert server.autoscaling_config is not None  # replicas (each the three models) scale as a unit
+    assert serve_config.deployment(embedded, "Server")["ray_actor_options"]["num_gpus"] == 1  # one GPU per replica
 
 
 def test_gpu_worker_group_asks_for_gpus_where_kubernetes_looks():

@@ -1,6 +1,6 @@
 """HTTP fuzzing: schemathesis generates requests for every route of the service's own OpenAPI document.
 
-The document is the ingress app's (the one the service serves at ``/openapi.json``; the first test checks they are
+The document is the server's FastAPI app's (the one the service serves at ``/openapi.json``; the first test checks they are
 the same), loaded when the tests are collected so that each route is its own test case.
 
 Every answer must be free of 5xx and conform to the document (status code, content type, headers, body schema).
@@ -32,7 +32,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
 
-from service.ingress import app  # noqa: E402
+from service.front.http import app  # noqa: E402
 
 schema = schemathesis.openapi.from_dict(app.openapi())
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servicekit import LOOPING_TEXT, free_port, redeployed, stats, wait_for
+from tests.servicekit import LOOPING_TEXT, free_port, reconfigured, stats, wait_for
 from tests.test_deploy import prometheus_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def traffic(service, url):
     assert requests.post(url + "/v1/translate", json={"text": "x" * 600}).status_code == 413
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
         assert inference_pb2_grpc.InferenceStub(channel).Translate(pb.TranslateRequest(texts=["nine"]), timeout=30).translations
-    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 0}):
-        wait_for(lambda: stats("Translator")["max_queue"] == 0, what="the new queue bound")
+    with reconfigured(service, "translator", {"max_batch_size": 32, "max_queue": 0}):
+        wait_for(lambda: stats("translator")["max_queue"] == 0, what="the new queue bound")
         assert requests.post(url + "/v1/translate", json={"text": "nine"}).status_code == 503
 
 

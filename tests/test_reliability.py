@@ -9,7 +9,7 @@ import grpc
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, rss_mb, sample, scrape, stats, wait_for
+from tests.servicekit import LOOPING_TEXT, redeployed, rss_mb, sample, scrape, stats, wait_for
 
 LONG = {"text": LOOPING_TEXT, "max_new_tokens": 256}  # 256 greedy steps: 0.1-0.15 s alone, longer among 16
 # Sixteen such texts in one request: 4,096 tokens, ~0.5-1 s of decoding here. One text alone can finish inside
@@ -36,7 +36,7 @@ def test_a_100ms_deadline_on_a_long_decode_answers_within_150ms(url, stub):
             assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 0.150
     # the server side stopped too: nothing left decoding shortly after
-    wait_for(lambda: stats("Translator")["active"] == 0 and stats("Translator")["waiting"] == 0, 5, "the decodes to stop")
+    wait_for(lambda: stats("translator")["active"] == 0 and stats("translator")["waiting"] == 0, 5, "the decodes to stop")
 
 
 def test_a_thousand_cancelled_decodes_leave_no_trace(service, url):
@@ -57,16 +57,16 @@ def cancel_a_thousand(service, url):
     # batch full, a place would come too late for a 100 ms deadline)
     with ThreadPoolExecutor(16) as pool:
         assert set(pool.map(cancelled_request, range(100))) <= {503, 504}  # warm-up: allocator pools, connections
-        wait_for(lambda: stats("Translator")["active"] == 0, 10, "the warm-up decodes to stop")
-        pid = stats("Translator")["pid"]
+        wait_for(lambda: stats("translator")["active"] == 0, 10, "the warm-up decodes to stop")
+        pid = stats("translator")["pid"]
         baseline = statistics.median(rss_mb(pid) for _ in range(3))
-        finished_before = sum(stats("Translator")["finished"].values())
+        finished_before = sum(stats("translator")["finished"].values())
         started = time.monotonic()
         codes = list(pool.map(cancelled_request, range(1000)))
         elapsed = time.monotonic() - started
     assert set(codes) <= {503, 504} and codes.count(504) >= 100, {c: codes.count(c) for c in set(codes)}
-    wait_for(lambda: stats("Translator")["active"] == 0 and stats("Translator")["waiting"] == 0, 10, "the engine to empty")
-    s = stats("Translator")
+    wait_for(lambda: stats("translator")["active"] == 0 and stats("translator")["waiting"] == 0, 10, "the engine to empty")
+    s = stats("translator")
     assert s["pid"] == pid  # the same replica throughout
     retired = sum(s["finished"].values()) - finished_before  # a request cut off before it reached the engine has none
     after = rss_mb(pid)
@@ -119,7 +119,7 @@ def test_under_overload_goodput_holds_refusals_are_quick_and_no_client_is_left_w
 
     from tests.benchmarks.overload import run
 
-    limit = wait_for(lambda: (lambda st: (st["step_times"] or not st["auto_width"]) and st["batch_limit"])(stats("Translator")), 30,
+    limit = wait_for(lambda: (lambda st: (st["step_times"] or not st["auto_width"]) and st["batch_limit"])(stats("translator")), 30,
                      "the translator to settle its batch width")
     result = asyncio.run(run(url, deadline_ms=5000, long_tokens=64, concurrency=32, idle_requests=0, capacity_seconds=5,
                              overload_seconds=10, factor=OVERLOAD_FACTOR, recovery_windows=0))
@@ -138,16 +138,22 @@ def test_under_overload_goodput_holds_refusals_are_quick_and_no_client_is_left_w
         "/readyz 200 afterwards": result["readyz_after"] == 200,
     }.items() if not holds]
     assert not failed, (failed, {k: v for k, v in result.items() if k not in ("answers", "capacity_phase", "idle")})
-    wait_for(lambda: stats("Translator")["active"] == 0, 10, "the engine to drain")
+    wait_for(lambda: stats("translator")["active"] == 0, 10, "the engine to drain")
 
 
-def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(url):
-    """SIGKILL the classifier's replica under load: every client gets 200 (the ingress retries an idempotent call
-    whose replica went away), 503 with Retry-After, or 504 when its deadline passed while no replica was up; none
-    waits past its deadline; /readyz shows the outage; Serve starts a new replica that serves."""
+def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(service, url):
+    """SIGKILL one of two serving replicas under load. A replica holds the three models (one hop from client to
+    model, as a Triton server does), so fault tolerance is a second replica: the requests the dead process held are
+    cut (a prompt connection reset, never a hang), HAProxy sends the rest to the live replica (200s), and Serve starts a
+    replacement. (With a single replica every request waits at Serve's fallback proxy until a new one is up:
+    RELIABILITY.md, faults.)"""
     import collections
     import os
     import signal
+
+    from ray import serve
+
+    from service import config as serve_config
 
     body, deadline_s = {"image": png_b64()}, 5.0
     results, stop = [], threading.Event()
@@ -157,42 +163,45 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
         while not stop.is_set():
             started = time.monotonic()
             try:
-                r = http.post(url + "/v1/classify", json=body, headers={"X-Request-Timeout-Ms": str(int(deadline_s * 1e3))}, timeout=30)
-                results.append((r.status_code, time.monotonic() - started, r.headers.get("Retry-After")))
-            except requests.RequestException as e:  # a hang or a dropped connection: both are failures here
-                results.append((type(e).__name__, time.monotonic() - started, None))
+                r = http.post(url + "/v1/classify", json=body, headers={"X-Request-Timeout-Ms": str(int(deadline_s * 1e3))},
+                              timeout=deadline_s + 5)
+                results.append((r.status_code, time.monotonic() - started))
+            except requests.ConnectionError:  # the connection the killed process held
+                results.append(("reset", time.monotonic() - started))
+            except requests.RequestException as e:  # a hang: a failure here
+                results.append((type(e).__name__, time.monotonic() - started))
 
-    old = stats("Classifier")["pid"]
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
-        os.kill(old, signal.SIGKILL)
-        killed_at = time.monotonic()
-        outage = None  # /readyz's body while it said not ready
-        while time.monotonic() - killed_at < 30 and outage is None:
-            r = requests.get(url + "/readyz", timeout=30)
-            outage = r.json() if r.status_code == 503 else None
-        outage_seen_after = time.monotonic() - killed_at
-        wait_for(lambda: stats("Classifier")["pid"] != old, 90, "a new classifier replica")
-        wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz to recover")
-        served_before = len(results)
-        time.sleep(2.0)
-    finally:
-        stop.set()
+    def running() -> int:
+        return serve.status().applications[serve_config.APP_NAME].deployments["Server"].replica_states.get("RUNNING", 0)
+
+    two = {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 256}
+    with redeployed(service, autoscaling_config=two):
+        wait_for(lambda: running() == 2, 180, "two replicas")
+        wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz")
+        old = stats("classifier")["pid"]
+        threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
-            t.join(60)
-    codes = collections.Counter(code for code, _, _ in results)
-    assert set(codes) <= {200, 503, 504}, codes
-    assert all(retry == "1" for code, _, retry in results if code == 503)
-    assert max(took for _, took, _ in results) < deadline_s + 1.0, max(took for _, took, _ in results)
-    assert outage is not None, "/readyz never reported the dead replica"
-    assert outage["models"]["classifier"] is False and outage["models"]["translator"] is True, outage
-    after = [code for code, _, _ in results[served_before:]]
-    assert after and all(code == 200 for code in after), collections.Counter(after)
-    print(f"killed classifier replica {old}: /readyz said 503 after {outage_seen_after:.1f} s; {dict(codes)} over "
-          f"{len(results)} requests")
+            t.start()
+        try:
+            time.sleep(1.0)
+            os.kill(old, signal.SIGKILL)
+            killed_at = time.monotonic()
+            time.sleep(3.0)
+            cut_over = len(results)
+            time.sleep(2.0)
+            served_after = results[cut_over:]
+            wait_for(lambda: running() == 2, 180, "a replacement replica")
+            replaced = time.monotonic() - killed_at
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+    codes = collections.Counter(code for code, _ in results)
+    assert set(codes) <= {200, "reset"}, (codes, sorted((round(t, 2), c) for c, t in results if c != 200))
+    assert codes["reset"] <= 4 + 4  # at most the calls in flight on the dead replica (and one more each, while marked)
+    assert max(took for _, took in results) < deadline_s + 1.0, max(took for _, took in results)
+    assert served_after and all(code == 200 for code, _ in served_after), collections.Counter(c for c, _ in served_after)
+    print(f"killed replica {old}: {dict(codes)} over {len(results)} requests; Serve counted 2 replicas running again {replaced:.1f} s after the kill")
 
 
 def test_restarting_the_application_keeps_no_state(service, url):
@@ -203,12 +212,12 @@ def test_restarting_the_application_keeps_no_state(service, url):
 
     text = "I have three cats."
     before = requests.post(url + "/v1/translate", json={"text": text}, timeout=60).json()["translations"][0]
-    old = stats("Translator")
+    old = stats("translator")
     assert sum(old["finished"].values()) > 0
     serve.delete(serve_config.APP_NAME)
     serve_config.deploy(service.config)
     wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 180, "the application to come back")
-    new = stats("Translator")
+    new = stats("translator")
     assert new["pid"] != old["pid"] and new["active"] == 0 and new["waiting"] == 0 and sum(new["finished"].values()) == 0
-    assert stats("Classifier")["largest_batch"] == 0
+    assert stats("classifier")["largest_batch"] == 0
     assert requests.post(url + "/v1/translate", json={"text": text}, timeout=60).json()["translations"][0] == before

@@ -13,7 +13,7 @@ from models.data import text as T
 from service.decoding import DecodingOptions
 from service.images import encode_png
 from service.runtime import EncoderDecoderRuntime
-from tests.servicekit import LONG_TEXT, redeployed, stats, wait_for  # fixtures service/url/stub: conftest.py
+from tests.servicekit import LONG_TEXT, reconfigured, stats, wait_for  # fixtures service/url/stub: conftest.py
 
 
 def png_b64(array) -> str:
@@ -27,7 +27,7 @@ def test_health(url):
     assert "/v1/translate" in requests.get(url + "/openapi.json").json()["paths"]
     # Ready means the decoders have already timed their steps and chosen their batch width (reconfigure waits for
     # it): no request that arrives after /readyz says ready waits behind a calibration.
-    for name in ("Translator", "Captioner"):
+    for name in ("translator", "captioner"):
         st = stats(name)
         assert st["auto_width"] and set(st["step_times"]) >= {1, 2, 4, 8}, st
         assert 1 <= st["batch_limit"] <= st["max_batch_size"] and st["max_queue_wait_ms"] == 2000, st
@@ -207,19 +207,19 @@ def test_classifier_batching_reconfigures_without_restart(service, url):
     """user_config in the serve config → Classifier.reconfigure on the running replica (same process)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    before = stats("Classifier")
+    before = stats("classifier")
     assert before["max_batch_size"] == 64
     image = png_b64(np.round(D.digit_splits()["test"].images[0] * 255))
-    with redeployed(service, "Classifier", user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0.05}):
-        wait_for(lambda: stats("Classifier")["max_batch_size"] == 2, what="the new batch size")
+    with reconfigured(service, "classifier", {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}):
+        wait_for(lambda: stats("classifier")["max_batch_size"] == 2, what="the new batch size")
         with ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"image": image}).status_code, range(48)))
-        after = stats("Classifier")
+        after = stats("classifier")
         assert set(codes) == {200}
         assert after["pid"] == before["pid"] and after["batch_wait_timeout_s"] == 0.05
         assert 1 <= after["largest_batch"] <= 2, after
-    wait_for(lambda: stats("Classifier")["max_batch_size"] == 64, what="the original batch size")
-    assert stats("Classifier")["pid"] == before["pid"]
+    wait_for(lambda: stats("classifier")["max_batch_size"] == 64, what="the original batch size")
+    assert stats("classifier")["pid"] == before["pid"]
 
 
 def test_full_decode_queue_is_503_with_retry_after_and_resource_exhausted(service, url, stub):
@@ -228,32 +228,32 @@ def test_full_decode_queue_is_503_with_retry_after_and_resource_exhausted(servic
     from proto import inference_pb2 as pb
 
     texts = ["Friday, March 14, 2025", "nine", "She speaks German."]
-    pid = stats("Translator")["pid"]
-    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 2}):
-        wait_for(lambda: stats("Translator")["max_queue"] == 2, what="the new queue bound")
+    pid = stats("translator")["pid"]
+    with reconfigured(service, "translator", {"max_batch_size": 32, "max_queue": 2}):
+        wait_for(lambda: stats("translator")["max_queue"] == 2, what="the new queue bound")
         r = requests.post(url + "/v1/translate", json={"texts": texts})  # 3 sequences never fit a queue of 2
         assert r.status_code == 503 and r.headers["Retry-After"] == "1" and r.json()["error"]["code"] == "overloaded"
         with pytest.raises(grpc.RpcError) as info:
             stub.Translate(pb.TranslateRequest(texts=texts), timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
         assert requests.post(url + "/v1/translate", json={"texts": texts[:2]}).status_code == 200  # what fits is served
-    wait_for(lambda: stats("Translator")["max_queue"] == 1024, what="the original queue bound")
-    assert stats("Translator")["pid"] == pid
+    wait_for(lambda: stats("translator")["max_queue"] == 1024, what="the original queue bound")
+    assert stats("translator")["pid"] == pid
 
 
 def test_classifier_queue_bound_is_503(service, url):
-    """max_queued_requests from the serve config: calls past it are refused at once, the rest served."""
+    """The classifier's max_queue (images waiting) from the serve config: requests past it are refused at once with
+    503 + Retry-After, the rest served."""
     from concurrent.futures import ThreadPoolExecutor
 
     images = [png_b64(np.round(img * 255)) for img in D.digit_splits()["test"].images[:64]]
-    with redeployed(service, "Classifier", max_ongoing_requests=1, max_queued_requests=1,
-                    user_config={"max_batch_size": 64, "batch_wait_timeout_s": 0.2}):
+    with reconfigured(service, "classifier", {"max_batch_size": 64, "batch_wait_timeout_s": 0.2, "max_queue": 64}):
         def burst():
             with ThreadPoolExecutor(24) as pool:
                 return list(pool.map(lambda _: requests.post(url + "/v1/classify", json={"images": images}), range(24)))
 
         replies = wait_for(lambda: (lambda rs: rs if any(r.status_code == 503 for r in rs) else None)(burst()),
-                           timeout=60, what="a 503 under a burst")  # the ingress's handle learns the bound asynchronously
+                           timeout=60, what="a 503 under a burst")
         codes = {r.status_code for r in replies}
         assert codes <= {200, 503} and 200 in codes, codes
         refused = [r for r in replies if r.status_code == 503]
@@ -266,13 +266,13 @@ def cut_short(before: dict, after: dict) -> int:
 
 
 def drained() -> bool:
-    s = stats("Translator")
+    s = stats("translator")
     return s["active"] == 0 and s["waiting"] == 0
 
 
 def test_deadline_stops_the_decode_over_http(url):
     """64 long sequences take ~0.7 s here; a 100 ms deadline answers 504 and takes them out of the loop."""
-    before = stats("Translator")
+    before = stats("translator")
     started = time.monotonic()
     r = requests.post(url + "/v1/translate", json={"texts": [LONG_TEXT] * 64, "max_new_tokens": 256},
                       headers={"X-Request-Timeout-Ms": "100"})
@@ -280,7 +280,7 @@ def test_deadline_stops_the_decode_over_http(url):
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded", r.text
     assert elapsed < 1.0, elapsed
     wait_for(drained, timeout=2.0, what="the sequences to leave the decode loop")
-    assert cut_short(before, stats("Translator")) >= 32  # at least the second half never finished
+    assert cut_short(before, stats("translator")) >= 32  # at least the second half never finished
 
 
 def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub):
@@ -289,12 +289,12 @@ def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub):
 
     from proto import inference_pb2 as pb
 
-    before = stats("Translator")
+    before = stats("translator")
     with pytest.raises(grpc.RpcError) as info:
         stub.Translate(pb.TranslateRequest(texts=[LONG_TEXT] * 64, max_new_tokens=256), timeout=0.1)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(drained, timeout=2.0, what="the sequences to leave the decode loop")
-    assert cut_short(before, stats("Translator")) >= 32
+    assert cut_short(before, stats("translator")) >= 32
 
 
 def test_deadline_stops_a_beam_search(url):
@@ -328,8 +328,8 @@ def test_batching_is_observed_and_every_metric_is_exported(service, url):
     assert set(codes) == {200}
     assert requests.post(url + "/v1/translate", json={"texts": ["Friday, March 14, 2025", "nine"]}).status_code == 200
     assert requests.post(url + "/v1/translate", json={"text": "x" * 600}).status_code == 413
-    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "max_queue": 0}):
-        wait_for(lambda: stats("Translator")["max_queue"] == 0, what="the new queue bound")
+    with reconfigured(service, "translator", {"max_batch_size": 32, "max_queue": 0}):
+        wait_for(lambda: stats("translator")["max_queue"] == 0, what="the new queue bound")
         assert requests.post(url + "/v1/translate", json={"text": "nine"}).status_code == 503
     base = f"http://127.0.0.1:{service.metrics_port}/metrics"
 

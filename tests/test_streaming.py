@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, redeployed, sample, scrape, stats, wait_for
+from tests.servicekit import LOOPING_TEXT, reconfigured, sample, scrape, stats, wait_for
 
 
 def sse(url: str, body: dict, headers: dict | None = None, stop_after: int | None = None):
@@ -61,7 +61,7 @@ def test_grpc_stream_tokens_arrive_while_decoding(stub, url):
 
 
 def cancelled() -> int:
-    return stats("Translator")["finished"].get("cancelled", 0)
+    return stats("translator")["finished"].get("cancelled", 0)
 
 
 @pytest.fixture
@@ -71,13 +71,13 @@ def busy_translator(service, url):
     the sequence simply finishing. (With a full batch the stream would wait for the background to finish and
     then run alone, fast enough to end before the cancel lands.) The width is max_batch_size meanwhile, not the
     measured one (applied in place)."""
-    with redeployed(service, "Translator", user_config={"max_batch_size": 32, "auto_width": False}):
-        wait_for(lambda: stats("Translator")["batch_limit"] == 32, what="the width to be 32")
-        width = stats("Translator")["max_batch_size"] - 1
+    with reconfigured(service, "translator", {"max_batch_size": 32, "auto_width": False}):
+        wait_for(lambda: stats("translator")["batch_limit"] == 32, what="the width to be 32")
+        width = stats("translator")["max_batch_size"] - 1
         thread = threading.Thread(target=requests.post, args=(url + "/v1/translate",),
                                   kwargs={"json": {"texts": [LOOPING_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})
         thread.start()
-        wait_for(lambda: stats("Translator")["active"] >= width, timeout=10, what="the background decodes")
+        wait_for(lambda: stats("translator")["active"] >= width, timeout=10, what="the background decodes")
         yield
         thread.join()
 

@@ -208,7 +208,7 @@ def replica_stats() -> dict:
 
         ray.init(address="auto", logging_level="ERROR")
         try:
-            return {name: stats(name) for name in ("Translator", "Captioner")}
+            return {name: stats(name) for name in ("translator", "captioner")}
         finally:
             ray.shutdown()
     except Exception as e:  # the sweep's verdicts do not depend on it

@@ -42,7 +42,8 @@ from models.data import text as text_data  # noqa: E402
 from models.attention import causal_mask  # noqa: E402
 from models.layers import set_fused  # noqa: E402
 from models.translator import Translator, TranslatorConfig  # noqa: E402
-from service.decoding import DecodingOptions, TorchInference  # noqa: E402
+from models.reference import TorchInference  # noqa: E402
+from service.decoding import DecodingOptions  # noqa: E402
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session, kv_names  # noqa: E402
 from service.runtime import bench_providers  # noqa: E402
 

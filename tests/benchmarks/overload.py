@@ -399,7 +399,7 @@ def translator_stats() -> dict | None:
 
         ray.init(address="auto", logging_level="ERROR")
         try:
-            return replica_stats("Translator")
+            return replica_stats("translator")
         finally:  # before the service stops: a driver still connected then left a Ray dashboard agent running
             ray.shutdown()
     except Exception as e:

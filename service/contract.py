@@ -1,0 +1,252 @@
+"""The request contract: a task request, whatever protocol carried it, becomes one validated job here.
+
+Every limit, default and range of the task API lives in this module, tied to the models' own configs (the
+decoders' positions, the encoders' image sizes, the labels); every refusal is a ``service.errors.ServiceError``.
+The protocol adapters (``service/front/``) only map their wire format onto these calls and the jobs' results back.
+Pure Python and numpy: unit-tested without Ray or ONNX Runtime (``tests/test_contract.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service import errors
+from service.decoding import DecodingOptions
+from service.images import BadImage, ImageTooLarge, MAX_SIDE, digit_array, digit_input, scene_input
+
+MODELS = ("translator", "classifier", "captioner")
+TASKS = {"translator": "translate", "classifier": "classify", "captioner": "caption"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    low: int
+    high: int
+    default: int
+
+    def check(self, value, field: str) -> int:
+        """``value`` (None: the default) if it is an integer within the range, else 422 naming ``field``."""
+        if value is None:
+            return self.default
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not self.low <= value <= self.high:
+            raise errors.out_of_range(f"{field} must be an integer within {self.low}..{self.high}, got {value!r}")
+        return int(value)
+
+
+MAX_TEXT_CHARS = 512  # characters of one text
+MAX_ITEMS = 64  # texts or images in one request
+BEAM_SIZE = Range(1, 8, 1)
+TRANSLATE_MAX_NEW_TOKENS = Range(1, 256, 128)  # the API's range; the decoder's positions bound it further (clamped)
+CAPTION_MAX_NEW_TOKENS = Range(1, 256, 40)
+TOP_K = Range(1, 10, 5)
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+
+
+class Deadline:
+    """When a request must be answered by (monotonic seconds), read from its ``X-Request-Timeout-Ms`` header or its
+    gRPC deadline as it arrived; ``left_s()`` is what remains. Time spent before a model call (parsing, image decoding)
+    counts against it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, seconds: float, now: float | None = None) -> None:
+        self.at = (time.monotonic() if now is None else now) + seconds
+
+    def left_s(self, now: float | None = None) -> float:
+        return self.at - (time.monotonic() if now is None else now)
+
+    @classmethod
+    def from_header(cls, raw: str | None) -> "Deadline | None":
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise errors.invalid("invalid_header", f"{TIMEOUT_HEADER}: not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise errors.invalid("invalid_header", f"{TIMEOUT_HEADER}: must be a positive number of milliseconds")
+        return cls(value / 1000.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateJob:
+    texts: list[str]
+    options: DecodingOptions
+    return_attention: bool = False
+    deadline: Deadline | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyJob:
+    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1], preprocessed as the model takes them
+    top_k: int = TOP_K.default
+    deadline: Deadline | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionJob:
+    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1]
+    options: DecodingOptions
+    return_attention: bool = False
+    deadline: Deadline | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the contract needs of one model, from its ``config.json``."""
+
+    name: str
+    positions: int | None = None  # decoder positions: tokens one sequence can generate at most
+    image_size: int | None = None
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, name: str, config: dict) -> "ModelInfo":
+        decoder, encoder = config.get("decoder") or {}, config.get("encoder") or {}
+        image_size = encoder.get("image_size") or (config.get("model_config") or {}).get("image_size")
+        return cls(name, decoder.get("max_len"), image_size, tuple(config.get("labels") or ()))
+
+
+def b64(data, field: str) -> bytes:
+    if not isinstance(data, str):
+        raise errors.out_of_range(f"{field}: must be a base64 string")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.invalid("invalid_base64", f"{field}: not valid base64") from None
+
+
+def counted(items, field: str) -> list:
+    """``items`` as a list if there are 1..MAX_ITEMS of them (422 for none, 413 for too many)."""
+    items = list(items)
+    if not items:
+        raise errors.out_of_range(f"{field}: must not be empty")
+    if len(items) > MAX_ITEMS:
+        raise errors.too_large("too_many_items", f"{field}: {len(items)} items; the limit is {MAX_ITEMS}")
+    return items
+
+
+def one_or_many(single, many, field: str) -> list:
+    """A request's ``field`` or ``fields`` (exactly one of them) as a list."""
+    if (single is None) == (many is None):
+        raise errors.out_of_range(f"send exactly one of '{field}' and '{field}s'")
+    return counted([single] if many is None else many, f"{field}s")
+
+
+def check_text(text, field: str) -> str:
+    if not isinstance(text, str):
+        raise errors.out_of_range(f"{field}: must be a string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise errors.too_large("text_too_long", f"{field}: {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    if not text.strip():
+        raise errors.invalid("empty_text", f"{field}: empty")
+    return text
+
+
+def _flag(value, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise errors.out_of_range(f"{field} must be true or false, got {value!r}")
+    return value
+
+
+class Contract:
+    """The jobs of the models in one repository (``from_repository``), or of the configs given."""
+
+    def __init__(self, configs: dict[str, dict]) -> None:
+        self.models = {name: ModelInfo.from_config(name, config) for name, config in configs.items()}
+
+    @classmethod
+    def from_repository(cls, repository: str | Path) -> "Contract":
+        return cls({m: json.loads((Path(repository) / m / "1" / "config.json").read_text()) for m in MODELS})
+
+    def model(self, name: str) -> ModelInfo:
+        info = self.models.get(name)
+        if info is None:
+            raise errors.not_found(f"unknown model '{name}'; models: {', '.join(self.models)}")
+        return info
+
+    def _options(self, model: str, beam_size, max_new_tokens, tokens: Range, stream: bool) -> DecodingOptions:
+        beam = BEAM_SIZE.check(beam_size, "beam_size")
+        if stream and beam != 1:
+            raise errors.out_of_range("beam_size: streaming decodes greedily (1)")
+        asked = tokens.check(max_new_tokens, "max_new_tokens")
+        positions = self.model(model).positions
+        return DecodingOptions(beam_size=beam, max_new_tokens=min(asked, positions) if positions else asked)
+
+    def translate(self, texts, *, beam_size=None, max_new_tokens=None, return_attention=None,
+                  deadline: Deadline | None = None, stream: bool = False, field: str = "texts") -> TranslateJob:
+        """``texts``: the request's texts (1..MAX_ITEMS; a stream takes exactly one). ``max_new_tokens`` beyond the
+        decoder's positions is clamped to them: that translation finishes with ``length``."""
+        texts = counted(texts, field)
+        if stream and len(texts) != 1:
+            raise errors.out_of_range(f"{field}: a stream translates exactly one text, got {len(texts)}")
+        checked = [check_text(t, f"{field}[{i}]" if len(texts) > 1 or field == "texts" else field) for i, t in enumerate(texts)]
+        if stream and return_attention:
+            raise errors.out_of_range("return_attention: not available on a stream")
+        options = self._options("translator", beam_size, max_new_tokens, TRANSLATE_MAX_NEW_TOKENS, stream)
+        return TranslateJob(checked, options, _flag(return_attention, "return_attention"), deadline)
+
+    def _images(self, model: str, payloads, field: str, decode) -> np.ndarray:
+        """Image bytes → one ``(N, 1, S, S)`` array, each decoded and validated once."""
+        payloads = counted(payloads, field)
+        size = self.model(model).image_size
+        out = np.empty((len(payloads), 1, size, size), dtype=np.float32)
+        for i, data in enumerate(payloads):
+            try:
+                out[i] = decode(data, size)
+            except ImageTooLarge as e:
+                raise errors.too_large("image_too_large", f"{field}[{i}]: {e}") from None
+            except BadImage as e:
+                raise errors.invalid("invalid_image", f"{field}[{i}]: {e}") from None
+        return out
+
+    def classify(self, payloads, *, top_k=None, deadline: Deadline | None = None, field: str = "images") -> ClassifyJob:
+        """Encoded pictures (PNG/JPEG/BMP, any size) of digits."""
+        top_k = TOP_K.check(top_k, "top_k")
+        return ClassifyJob(self._images("classifier", payloads, field, digit_input), top_k, deadline)
+
+    def classify_array(self, images: np.ndarray, *, top_k=None, deadline: Deadline | None = None,
+                       field: str = "images") -> ClassifyJob:
+        """Grayscale ``[N, 1, H, W]`` pictures in [0, 1] (the Open Inference Protocol's FP32 input), any size."""
+        top_k = TOP_K.check(top_k, "top_k")
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise errors.invalid("invalid_tensor", f"{field}: shape must be [N, 1, H, W], got {list(images.shape)}")
+        counted(range(images.shape[0]), field)
+        if max(images.shape[2:]) > MAX_SIDE or min(images.shape[2:]) < 1:
+            raise errors.too_large("image_too_large", f"{field}: {images.shape[2]}×{images.shape[3]}; sides must be 1..{MAX_SIDE}")
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise errors.invalid("invalid_tensor", f"{field}: values must be finite and within [0, 1]")
+        size = self.model("classifier").image_size
+        return ClassifyJob(np.stack([digit_array(np.asarray(x[0], np.float32), size) for x in images]), top_k, deadline)
+
+    def caption(self, payloads, *, beam_size=None, max_new_tokens=None, return_attention=None,
+                deadline: Deadline | None = None, field: str = "image") -> CaptionJob:
+        """Encoded scenes. ``max_new_tokens`` beyond the decoder's positions (48 for the shipped captioner) is clamped."""
+        options = self._options("captioner", beam_size, max_new_tokens, CAPTION_MAX_NEW_TOKENS, False)
+        images = self._images("captioner", payloads, field, scene_input)
+        return CaptionJob(images, options, _flag(return_attention, "return_attention"), deadline)
+
+    def limits(self) -> dict:
+        """What a client may send, per model (``/v2/models/{name}`` metadata, the README)."""
+        out = {}
+        for name, info in self.models.items():
+            entry: dict = {"max_items": MAX_ITEMS}
+            if info.positions:
+                tokens = TRANSLATE_MAX_NEW_TOKENS if name == "translator" else CAPTION_MAX_NEW_TOKENS
+                entry |= {"beam_size": [BEAM_SIZE.low, BEAM_SIZE.high], "max_new_tokens": [tokens.low, tokens.high],
+                          "max_new_tokens_default": tokens.default, "max_new_tokens_decoded": info.positions}
+            if name == "translator":
+                entry["max_text_chars"] = MAX_TEXT_CHARS
+            if name == "classifier":
+                entry["top_k"] = [TOP_K.low, TOP_K.high]
+            out[name] = entry
+        return out

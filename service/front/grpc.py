@@ -1,0 +1,121 @@
+"""The task gRPC service ``inference.v1.Inference`` (``proto/inference.proto``), and how every unary RPC of the
+service answers a refusal: the ``ServiceError``'s kind becomes its status code (INVALID_ARGUMENT, NOT_FOUND,
+RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED; INTERNAL only for a model run that failed), never a traceback.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from service.errors import ServiceError
+from service.front import models
+from service.front.observe import Observed
+from service.grpc_lenient import Undecodable
+
+
+class StreamRefused(Exception):
+    """Ends a gRPC stream whose status code is already set on its context (a stream that yielded nothing carries its
+    status only on an exception; Serve keeps the code set here)."""
+
+
+def undecodable(request, context) -> bool:
+    """A request message gRPC could not parse (``service/grpc_lenient.py``): answer INVALID_ARGUMENT, return True."""
+    if isinstance(request, Undecodable):
+        context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+        context.set_details(f"the request message could not be parsed: {request.error}")
+        return True
+    return False
+
+
+def refuse(context, e: ServiceError) -> str:
+    code = getattr(grpc.StatusCode, e.kind.grpc_name)
+    context.set_code(code)
+    context.set_details(e.message)
+    return code.name
+
+
+async def unary(context, empty, work, model: str | None = None, method: str | None = None):
+    """Run one unary RPC; a call naming a known model is counted in the request metrics."""
+    if model is None or method is None:
+        try:
+            return await work()
+        except ServiceError as e:
+            refuse(context, e)
+            return empty
+    with Observed(model, "grpc", method) as observed:
+        try:
+            return await work()
+        except ServiceError as e:
+            observed.code = refuse(context, e)
+            return empty
+
+
+def _field(request, name: str):
+    return getattr(request, name) if request.HasField(name) else None
+
+
+def _attention(pb, a: dict):
+    weights, grid = a["weights"], a.get("grid") or [0, 0]
+    return pb.AttentionMap(rows=len(weights), cols=len(weights[0]) if weights else 0, weights=[w for row in weights for w in row],
+                           row_tokens=a["target_tokens"], col_tokens=a.get("source_tokens") or [],
+                           grid_rows=grid[0], grid_cols=grid[1])
+
+
+async def Translate(pb, request, context):
+    async def work():
+        job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
+                                          max_new_tokens=_field(request, "max_new_tokens"),
+                                          return_attention=request.return_attention)
+        result = await models().translator.translate(job)
+        return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator",
+                                    attention=[_attention(pb, a) for a in result.get("attention", [])])
+
+    return await unary(context, pb.TranslateResponse(), work, "translator", "Translate")
+
+
+async def TranslateStream(pb, request, context):
+    with Observed("translator", "grpc", "TranslateStream") as observed:
+        try:
+            job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
+                                              max_new_tokens=_field(request, "max_new_tokens"),
+                                              return_attention=request.return_attention or None, stream=True)
+            stream = models().translator.stream(job)
+            item = await stream.__anext__()
+        except ServiceError as e:  # refused before the stream started
+            observed.code = refuse(context, e)
+            raise StreamRefused(e.message) from None
+        try:
+            while True:
+                yield pb.TranslateChunk(done=True, translation=item["translation"]) if item.get("done") else pb.TranslateChunk(token=item["token"])
+                item = await stream.__anext__()
+        except StopAsyncIteration:
+            pass
+        except ServiceError as e:
+            observed.code = refuse(context, e)
+            raise StreamRefused(e.message) from None
+        finally:
+            await stream.aclose()
+
+
+async def Classify(pb, request, context):
+    async def work():
+        job = models().contract.classify(list(request.images), top_k=_field(request, "top_k"))
+        probs = await models().classifier.probabilities(job)
+        labels = models().classifier.labels
+        top = (-probs).argsort(-1)[:, : job.top_k]
+        return pb.ClassifyResponse(model="classifier", predictions=[
+            pb.Predictions(predictions=[pb.Prediction(label=labels[i], score=float(p[i])) for i in row]) for p, row in zip(probs, top)])
+
+    return await unary(context, pb.ClassifyResponse(), work, "classifier", "Classify")
+
+
+async def Caption(pb, request, context):
+    async def work():
+        job = models().contract.caption([request.image], beam_size=_field(request, "beam_size"),
+                                        max_new_tokens=_field(request, "max_new_tokens"),
+                                        return_attention=request.return_attention)
+        result = await models().captioner.caption(job)
+        return pb.CaptionResponse(captions=result["captions"], model="captioner",
+                                  attention=[_attention(pb, a) for a in result.get("attention", [])])
+
+    return await unary(context, pb.CaptionResponse(), work, "captioner", "Caption")

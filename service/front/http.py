@@ -1,0 +1,293 @@
+"""HTTP: the FastAPI application (every HTTP route, documented at ``/docs`` and ``/openapi.json``) and the task routes.
+
+(No ``from __future__ import annotations``: FastAPI reads the request and response models' real classes.)
+
+Handlers are lean: the body is read once and validated by its pydantic model's compiled validator (types only), the
+contract checks ranges and limits once (``service.contract``), and answers are written as JSON bytes directly (no
+``response_model`` re-validation; the models document the routes). Every error is a ``ServiceError`` turned into
+``{"error": {"code", "message"}}`` (``{"error": message}`` under ``/v2``) with its status and headers.
+"""
+
+import json
+
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import contract, errors
+from service.contract import BEAM_SIZE, CAPTION_MAX_NEW_TOKENS, TIMEOUT_HEADER, TOP_K, TRANSLATE_MAX_NEW_TOKENS, Deadline
+from service.errors import ServiceError
+from service.front import health, models, oip
+from service.front.observe import Observed
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the task API's ``{"error": {"code", "message"}}``, or the Open Inference Protocol's
+    ``{"error": "message"}``."""
+
+    error: ErrorDetail | str
+
+
+ERRORS = {
+    400: {"model": ErrorBody, "description": "malformed request (JSON, base64, image bytes, header, tensor)"},
+    404: {"model": ErrorBody, "description": "unknown model or version (Open Inference Protocol)"},
+    413: {"model": ErrorBody, "description": "over a size limit"},
+    422: {"model": ErrorBody, "description": "a field out of its range"},
+    503: {"model": ErrorBody, "description": "overloaded or not ready: retry after Retry-After seconds"},
+    504: {"model": ErrorBody, "description": "the request's deadline (X-Request-Timeout-Ms) passed"},
+}
+
+app = FastAPI(
+    title="attention-serving",
+    version="0.1.0",
+    description="EN→FR translation (narrow CLDR/num2words domain), ViT digit classification and digit-scene captioning.",
+    responses=ERRORS,  # documented on every route (the fuzzing test holds every answer to this document)
+)
+
+
+def ranged(r: contract.Range, description: str):
+    """An optional integer field documented with its range; the contract checks it (once)."""
+    return Field(None, description=f"{description} ({r.low}-{r.high}, default {r.default})",
+                 json_schema_extra={"minimum": r.low, "maximum": r.high})
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, description=f"one text (≤ {contract.MAX_TEXT_CHARS} characters)")
+    texts: list[str] | None = Field(None, description=f"or several (≤ {contract.MAX_ITEMS})")
+    beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
+    max_new_tokens: int | None = ranged(TRANSLATE_MAX_NEW_TOKENS, "beyond the decoder's 256 positions: clamped")
+    return_attention: bool = False
+
+
+class TranslateStreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    max_new_tokens: int | None = ranged(TRANSLATE_MAX_NEW_TOKENS, "tokens")
+    beam_size: int | None = Field(None, description="streaming decodes greedily: 1 only",
+                                  json_schema_extra={"minimum": 1, "maximum": 1})
+
+
+class AttentionMap(BaseModel):
+    """Cross-attention of one output (last decoder layer, heads averaged): ``weights[i][j]`` is how much output
+    token ``i`` looked at source token / image patch ``j``; each row sums to 1."""
+
+    target_tokens: list[str]
+    source_tokens: list[str] | None = None  # translator
+    grid: list[int] | None = None  # captioner: columns are patches in reading order on a rows × cols grid
+    weights: list[list[float]]
+
+
+class TranslateResponse(BaseModel):
+    translations: list[str]
+    model: str = "translator"
+    tokens: list[int]
+    attention: list[AttentionMap] | None = None
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(None, description="base64 of a PNG/JPEG/BMP picture")
+    images: list[str] | None = Field(None, description=f"or several (≤ {contract.MAX_ITEMS})")
+    top_k: int | None = ranged(TOP_K, "labels per image")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[list[Prediction]]
+    model: str = "classifier"
+
+
+class CaptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="base64 of a PNG/JPEG scene")
+    beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
+    max_new_tokens: int | None = ranged(CAPTION_MAX_NEW_TOKENS, "beyond the decoder's 48 positions: clamped")
+    return_attention: bool = False
+
+
+class CaptionResponse(BaseModel):
+    captions: list[str]
+    model: str = "captioner"
+    attention: list[AttentionMap] | None = None
+
+
+def documented(request_model: type[BaseModel], response_model: type[BaseModel] | None = None, **more) -> dict:
+    """Route options documenting a JSON body the handler parses itself (``parse``) and the answer's model."""
+    extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": request_model.model_json_schema()}}}}
+    responses = {200: {"model": response_model}} if response_model else {}
+    return {"openapi_extra": extra, "responses": responses, **more}
+
+
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid" or (first.get("type") == "model_type" and not first.get("loc")):
+            raise errors.invalid("invalid_json", f"request body is not a JSON object: {first.get('msg', '')}") from None
+        field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise errors.out_of_range(f"{field}: {first.get('msg', 'invalid')}") from None
+
+
+def answer(payload: dict) -> Response:
+    return Response(json.dumps(payload, ensure_ascii=False).encode(), media_type="application/json")
+
+
+def deadline(request: Request) -> Deadline | None:
+    return Deadline.from_header(request.headers.get(TIMEOUT_HEADER))
+
+
+@app.exception_handler(ServiceError)
+async def _service_error(request: Request, e: ServiceError) -> Response:
+    protocol = "oip" if request.url.path.startswith("/v2") else "task"
+    return Response(e.body(protocol), status_code=e.status, headers=e.headers, media_type="application/json")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (an unknown path, a wrong method) in the API's error shape."""
+    code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, f"http_{e.status_code}")
+    return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code,
+                        headers=getattr(e, "headers", None))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0] if e.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return JSONResponse({"error": {"code": "invalid_field", "message": f"{field}: {first.get('msg', 'invalid')}"}}, status_code=422)
+
+
+@app.post("/v1/translate", **documented(TranslateRequest, TranslateResponse))
+async def translate(request: Request) -> Response:
+    body = parse(TranslateRequest, await request.body())
+    job = models().contract.translate(contract.one_or_many(body.text, body.texts, "text"), beam_size=body.beam_size,
+                                      max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
+                                      deadline=deadline(request))
+    return answer({**await models().translator.translate(job), "model": "translator"})
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator, even when the client disconnects while the iterator
+    is suspended at a ``yield`` (Starlette then cancels the sending task and leaves the generator to the garbage
+    collector, so its ``finally``, which frees the sequence, would run late or never)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+@app.post("/v1/translate/stream", response_class=StreamingResponse, **documented(TranslateStreamRequest, None, responses={
+    200: {"content": {"text/event-stream": {}}, "description": 'Server-Sent Events: `data: {"token": str}` per token, '
+          'then `data: {"done": true, "translation": str, "tokens": int}`; a failure mid-stream is an `event: error`.'}}))
+async def translate_stream(request: Request):
+    body = parse(TranslateStreamRequest, await request.body())
+    job = models().contract.translate([body.text], beam_size=body.beam_size, max_new_tokens=body.max_new_tokens,
+                                      deadline=deadline(request), stream=True, field="text")
+    stream = models().translator.stream(job)
+    first = await stream.__anext__()  # a refusal before the first token is a plain HTTP error
+    observed: Observed | None = request.scope.get("observed")
+
+    async def events():
+        yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+        try:
+            async for item in stream:
+                yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
+        except ServiceError as e:
+            if observed is not None:
+                observed.code = str(e.status)
+            yield f"event: error\ndata: {json.dumps({'error': {'code': e.code, 'message': e.message}})}\n\n"
+        except BaseException:
+            if observed is not None:
+                observed.code = "499"  # the client went away mid-stream
+            raise
+        finally:
+            await stream.aclose()
+
+    return ClosingStreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _classify_answer(job, probabilities) -> dict:
+    labels = models().classifier.labels
+    top = (-probabilities).argsort(-1)[:, : job.top_k]
+    return {"predictions": [[{"label": labels[i], "score": float(p[i])} for i in row] for p, row in zip(probabilities, top)],
+            "model": "classifier"}
+
+
+@app.post("/v1/classify", **documented(ClassifyRequest, ClassifyResponse))
+async def classify(request: Request) -> Response:
+    """JSON (base64 images), or ``multipart/form-data`` with a file field ``image``."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise errors.out_of_range("image: a file field named 'image' is required")
+        job = models().contract.classify([await upload.read()], deadline=deadline(request), field="image")
+    else:
+        body = parse(ClassifyRequest, await request.body())
+        items = contract.one_or_many(body.image, body.images, "image")
+        payloads = [contract.b64(x, f"images[{i}]") for i, x in enumerate(items)]
+        job = models().contract.classify(payloads, top_k=body.top_k, deadline=deadline(request))
+    return answer(_classify_answer(job, await models().classifier.probabilities(job)))
+
+
+@app.post("/v1/caption", **documented(CaptionRequest, CaptionResponse))
+async def caption(request: Request) -> Response:
+    body = parse(CaptionRequest, await request.body())
+    job = models().contract.caption([contract.b64(body.image, "image")], beam_size=body.beam_size,
+                                    max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
+                                    deadline=deadline(request))
+    result = await models().captioner.caption(job)
+    out = {"captions": result["captions"], "model": "captioner"}
+    if "attention" in result:
+        out["attention"] = result["attention"]
+    return answer(out)
+
+
+ROUTES = {"/v1/translate": ("translator", "translate"), "/v1/translate/stream": ("translator", "translate_stream"),
+          "/v1/classify": ("classifier", "classify"), "/v1/caption": ("captioner", "caption")}
+
+
+class ObserveMiddleware:
+    """Request metrics of every inference route (``service.front.observe``), as a plain ASGI middleware (Starlette's
+    ``BaseHTTPMiddleware`` runs each request in an extra task group: profiled, it was the ingress's largest cost)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = ROUTES.get(scope["path"]) or oip.infer_route(scope["path"])
+        if route is None:
+            return await self.app(scope, receive, send)
+
+        with Observed(route[0], "http", route[1]) as observed:
+            scope["observed"] = observed
+
+            async def observed_send(message) -> None:
+                if message["type"] == "http.response.start":
+                    observed.code = str(message["status"])
+                await send(message)
+
+            await self.app(scope, receive, observed_send)
+
+
+app.add_middleware(ObserveMiddleware)
+app.include_router(oip.router)
+app.include_router(health.router)

@@ -1,0 +1,174 @@
+"""The translator and the captioner in the serving process: each a ``DecodeEngine`` that decodes greedy, beam and
+streamed requests together (iteration-level batching), fed validated jobs (``service.contract``).
+
+The engine's own admission answers: a request it cannot place within its budget is refused at ``submit``, in the
+caller's thread, before anything runs (503, ``errors.overloaded``); one whose deadline passes is answered 504; a
+model run that fails for one request fails only that request (500 ``decoding_failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models.data.tokenizer import Tokenizer
+from service import errors
+from service.contract import CaptionJob, TranslateJob
+from service.decoding import DecodingOptions
+from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
+from service.runtime import EncoderDecoderRuntime, RuntimeOptions
+
+
+class GeneratorHost:
+    name = ""
+
+    def __init__(self, directory: Path, runtime_options: RuntimeOptions, options: EngineOptions = EngineOptions()) -> None:
+        self.directory = directory
+        self.runtime = EncoderDecoderRuntime(directory, runtime_options)
+        self.tokenizer = Tokenizer.load(directory)
+        self.engine = DecodeEngine(self.runtime, options).start()
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``user_config``: max_batch_size, max_queue (rows), max_queue_wait_ms (the queue-time budget of a request
+        without a deadline of its own) and auto_width (measure at start the width where tokens/s stop rising;
+        false: max_batch_size). Applied at the engine's next step; a changed width rule or max_batch_size
+        recalibrates there, and this returns only then (call it off the event loop)."""
+        known = {"max_batch_size", "max_queue", "max_queue_wait_ms", "auto_width"}
+        if unknown := set(user_config) - known:
+            raise ValueError(f"{self.name} user_config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        defaults = EngineOptions()
+        options = dataclasses.replace(
+            self.engine.options, max_batch=int(user_config.get("max_batch_size", defaults.max_batch)),
+            max_queue=int(user_config.get("max_queue", defaults.max_queue)),
+            max_queue_wait_s=float(user_config.get("max_queue_wait_ms", defaults.max_queue_wait_s * 1000)) / 1000.0,
+            auto_width=bool(user_config.get("auto_width", defaults.auto_width)))  # validated by EngineOptions
+        self.engine.configure(options)
+
+    def stats(self) -> dict:
+        active, waiting = self.engine.load
+        options = self.engine.options
+        return {"pid": os.getpid(), "max_batch_size": options.max_batch, "max_queue": options.max_queue,
+                "max_queue_wait_ms": options.max_queue_wait_s * 1000, "auto_width": options.auto_width,
+                "batch_limit": self.engine.batch_limit, "step_times": self.engine.step_times,
+                "max_new_tokens_limit": self.engine.max_positions,
+                "active": active, "waiting": waiting, "finished": dict(self.engine.finished)}
+
+    def ready(self) -> bool:
+        return self.engine.thread is not None and self.engine.thread.is_alive()
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def _sequence(self, source, options: DecodingOptions, deadline, on_token=None) -> Sequence:
+        return Sequence(source, options.max_new_tokens, deadline=None if deadline is None else deadline.at,
+                        on_token=on_token, beam_size=options.beam_size, length_penalty=options.length_penalty)
+
+    def _submit(self, seqs: list[Sequence]) -> None:
+        try:
+            self.engine.submit_all(seqs)
+        except QueueFull as e:  # counted by the engine
+            raise errors.overloaded(f"{self.name}: {e}") from None
+
+    def _refusal(self, seq: Sequence) -> errors.ServiceError | None:
+        if seq.finish_reason == "rejected":
+            return errors.overloaded(f"{self.name}: waited over {self.engine.options.max_queue_wait_s * 1e3:.0f} ms "
+                                     "for a place in the batch")
+        if seq.finish_reason == "deadline":
+            return errors.deadline(f"{self.name} did not finish before the request deadline")
+        return None
+
+    async def _generate(self, sources: list, options: DecodingOptions, deadline) -> list[list[int]]:
+        seqs = [self._sequence(source, options, deadline) for source in sources]
+        self._submit(seqs)
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(s.future) for s in seqs))
+        except asyncio.CancelledError:  # the client went away: free the sequences
+            for s in seqs:
+                s.cancel()
+            raise
+        except StepFailed as e:
+            for s in seqs:
+                s.cancel()
+            raise errors.failed(f"{self.name}: {e}") from None
+        for s in seqs:
+            if (refusal := self._refusal(s)) is not None:
+                raise refusal
+        return results
+
+
+class TranslatorHost(GeneratorHost):
+    name = "translator"
+
+    def _source(self, text: str) -> np.ndarray:
+        max_src = self.runtime.config["encoder"]["max_source_tokens"]
+        return np.array(self.tokenizer.encode(text)[: max_src - 1] + [self.tokenizer.eos_id], dtype=np.int64)
+
+    async def translate(self, job: TranslateJob) -> dict:
+        """``{"translations", "tokens"}`` (+ ``"attention"``)."""
+        sources = [self._source(t) for t in job.texts]
+        outputs = await self._generate(sources, job.options, job.deadline)
+        result = {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+        if job.return_attention:
+            batch = np.zeros((len(sources), max(map(len, sources))), dtype=np.int64)  # pad id 0
+            for i, src in enumerate(sources):
+                batch[i, : len(src)] = src
+            maps = await asyncio.to_thread(self.runtime.cross_attention, batch, batch != self.tokenizer.pad_id, outputs)
+            result["attention"] = [
+                {"target_tokens": self.tokenizer.pieces(o), "source_tokens": self.tokenizer.pieces(src.tolist()),
+                 "weights": m.round(5).tolist()}
+                for o, src, m in zip(outputs, sources, maps)]
+        return result
+
+    async def stream(self, job: TranslateJob):
+        """Yield ``{"token": str}`` as the engine produces each token, then ``{"done": True, "translation", "tokens"}``.
+
+        A refusal (queue, budget, deadline before the first token) raises ``ServiceError`` from the first
+        ``__anext__``, before anything is sent. If the caller goes away (the generator is closed or cancelled) the
+        sequence is cancelled and leaves the batch at the next step.
+        """
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+        seq = self._sequence(self._source(job.texts[0]), job.options, job.deadline, put)
+        seq.future.add_done_callback(lambda _: put(None))  # after the last token: same thread, FIFO
+        self._submit([seq])
+        try:
+            tokens, shown = [], ""
+            while (token := await queue.get()) is not None:
+                tokens.append(token)
+                text_so_far = self.tokenizer.decode(tokens)
+                if text_so_far.endswith("\ufffd") or not text_so_far.startswith(shown):
+                    continue  # an incomplete UTF-8 byte sequence (byte fallback): wait for the rest
+                piece, shown = text_so_far[len(shown):], text_so_far
+                if piece:
+                    yield {"token": piece}
+            if (refusal := self._refusal(seq)) is not None:
+                raise refusal
+            if seq.finish_reason in ("error", "cancelled"):
+                raise errors.failed(f"translator: {seq.error or 'decoding ended: ' + seq.finish_reason}")
+            final = self.tokenizer.decode(tokens)
+            if final[len(shown):]:
+                yield {"token": final[len(shown):]}
+            yield {"done": True, "translation": final, "tokens": len(tokens)}
+        finally:
+            seq.cancel()  # a no-op once finished; otherwise frees the row at the next step
+
+
+class CaptionerHost(GeneratorHost):
+    name = "captioner"
+
+    async def caption(self, job: CaptionJob) -> dict:
+        """``{"captions", "tokens"}`` (+ ``"attention"``)."""
+        images = list(job.images)
+        outputs = await self._generate(images, job.options, job.deadline)
+        result = {"captions": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
+        if job.return_attention:
+            maps = await asyncio.to_thread(self.runtime.cross_attention, job.images, None, outputs)
+            encoder = self.runtime.config["encoder"]
+            grid = [encoder.get("grid", encoder["image_size"] // encoder["patch_size"])] * 2
+            result["attention"] = [{"target_tokens": self.tokenizer.pieces(o), "grid": grid, "weights": m.round(5).tolist()}
+                                   for o, m in zip(outputs, maps)]
+        return result

@@ -1,0 +1,214 @@
+"""The Serve application: one deployment, ``Server``, that is the ingress and runs the three models in its own process.
+
+A request goes client → (HAProxy) → a ``Server`` replica, which parses it (``service.front``), validates it
+(``service.contract``) and runs it on the model in the same process (``service.classifier``,
+``service.generator``): no second Serve hop, the way Triton runs models in the serving process. The engines' own
+admission answers 503 at once when a request cannot be served within its budget. Replicas hold all three models and
+scale as a unit (``autoscaling_config`` in ``deploy/serve_config.yaml``); ``num_gpus`` is the replica's share of a GPU.
+
+Settings that change at run time live in ``user_config``, one entry per model (``reconfigure``):
+``{"classifier": {max_batch_size, batch_wait_timeout_s, max_queue}, "translator": {max_batch_size, max_queue,
+max_queue_wait_ms, auto_width}, "captioner": {as the translator}}``; ``stats(model)`` reports a model's live settings
+and load (tests, operators).
+
+(No ``from __future__ import annotations``: Serve reads ``build_app``'s argument class to validate the file's ``args``.)
+"""
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from service import front
+from service.classifier import ClassifierHost
+from service.config import default_repository
+from service.contract import MODELS, Contract
+from service.front import grpc as task_grpc
+from service.front import health, oip
+from service.front.grpc import undecodable
+from service.front.http import app
+from service.generator import CaptionerHost, TranslatorHost
+from service.metrics import metrics
+from service.runtime import RuntimeOptions
+
+def _pb(name: str):
+    """A generated proto module, imported on first use: tritonclient defines the same protobuf package
+    (``inference``), so a process that imports both (the tests) must not get ours by merely importing this one."""
+    import importlib
+
+    return importlib.import_module(f"proto.{name}")
+
+
+GRPC_SERVICERS = [  # the generated registrations, wrapped so an unparsable message becomes INVALID_ARGUMENT
+    "service.grpc_lenient.add_InferenceServicer_to_server",
+    "service.grpc_lenient.add_GRPCInferenceServiceServicer_to_server",
+    "service.grpc_lenient.add_HealthServicer_to_server",
+]
+
+
+def replica_runtime_options() -> RuntimeOptions:
+    """ONNX Runtime threads per session: the CPUs Ray gave this replica (``ray_actor_options.num_cpus``, at least one),
+    not one per core of the machine. A parallel section waits for its slowest thread, and a replica shares the machine
+    with HAProxy, Ray and other replicas: measured on 2 vCPUs (256-token translation, one other busy process), one
+    thread 98 ms, two threads 273 ms (RELIABILITY.md)."""
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # noqa: BLE001 - not in a Ray worker (a direct construction in a script)
+        cpus = 1.0
+    return RuntimeOptions(intra_op_threads=max(1, int(cpus)))
+
+
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The decode loops and the
+# classifier's batches run on their own threads and release the GIL inside ONNX Runtime; when a run returns, the thread
+# waits for the event loop, busy parsing requests under load, to hand the GIL back. With the default that wait is up to
+# 5 ms a step, longer than a step itself (1-3 ms here): measured on 2 vCPUs, beam-4 translations fell from 100/s at
+# 8 clients to 74/s at 64 as the HTTP load grew.
+SWITCH_INTERVAL_S = float(os.environ.get("SERVE_GIL_SWITCH_INTERVAL_S", "0.0005"))
+
+
+class Models:
+    """The three models of one repository in this process, and the contract their requests are validated by."""
+
+    def __init__(self, repository: str | Path, runtime_options: RuntimeOptions | None = None) -> None:
+        repository = Path(repository)
+        options = runtime_options or RuntimeOptions()
+        self.contract = Contract.from_repository(repository)
+        self.classifier = ClassifierHost(repository / "classifier" / "1", options)
+        self.translator = TranslatorHost(repository / "translator" / "1", options)
+        self.captioner = CaptionerHost(repository / "captioner" / "1", options)
+
+    def host(self, name: str):
+        if name not in MODELS:
+            raise KeyError(f"unknown model '{name}'; models: {', '.join(MODELS)}")
+        return getattr(self, name)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Blocking (a decoder's new width is measured before this returns): call it off the event loop."""
+        if unknown := set(user_config) - set(MODELS):
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (one entry per model: {', '.join(MODELS)})")
+        for name in MODELS:
+            self.host(name).reconfigure(dict(user_config.get(name) or {}))
+
+    def stats(self, name: str) -> dict:
+        return self.host(name).stats()
+
+    def ready(self, name: str) -> bool:
+        return self.host(name).ready()
+
+    def unready_reason(self, name: str) -> str:
+        host = self.host(name)
+        if hasattr(host, "engine") and not host.ready():
+            return "its decode loop is not running"
+        return "its ONNX Runtime session did not answer"
+
+    def stop(self) -> None:
+        self.translator.stop()
+        self.captioner.stop()
+
+
+@serve.deployment(max_ongoing_requests=4096, ray_actor_options={"num_cpus": 1})
+@serve.ingress(app)
+class Server:
+    def __init__(self, repository: str) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.models = Models(repository, replica_runtime_options())
+        front.bind(self.models)
+        for model in MODELS:  # every model's in-flight series exists (at 0) from the start
+            metrics().add_gauge("inference_requests_in_flight", 0, model=model)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve calls it before the replica takes requests (and on every changed ``user_config``); a decoder's width
+        calibration (1-3 s on two vCPUs) runs off the event loop, so requests keep flowing during a reconfigure."""
+        await asyncio.to_thread(self.models.reconfigure, user_config)
+
+    async def stats(self, model: str) -> dict:
+        return self.models.stats(model)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose models cannot answer is restarted."""
+        broken = [name for name, ok in health.readiness().items() if not ok]
+        if broken:
+            raise RuntimeError("; ".join(f"{name}: {self.models.unready_reason(name)}" for name in broken))
+
+    def __del__(self) -> None:
+        models = getattr(self, "models", None)
+        if models is not None:
+            models.stop()
+
+    # gRPC inference.v1.Inference: Serve routes each RPC to the method of the same name, and passes the call's context
+    # to a parameter named grpc_context.
+    async def Translate(self, request, grpc_context):
+        if undecodable(request, grpc_context):
+            return _pb('inference_pb2').TranslateResponse()
+        return await task_grpc.Translate(_pb('inference_pb2'), request, grpc_context)
+
+    async def TranslateStream(self, request, grpc_context):
+        if undecodable(request, grpc_context):
+            return
+        async for chunk in task_grpc.TranslateStream(_pb('inference_pb2'), request, grpc_context):
+            yield chunk
+
+    async def Classify(self, request, grpc_context):
+        if undecodable(request, grpc_context):
+            return _pb('inference_pb2').ClassifyResponse()
+        return await task_grpc.Classify(_pb('inference_pb2'), request, grpc_context)
+
+    async def Caption(self, request, grpc_context):
+        if undecodable(request, grpc_context):
+            return _pb('inference_pb2').CaptionResponse()
+        return await task_grpc.Caption(_pb('inference_pb2'), request, grpc_context)
+
+    # gRPC inference.GRPCInferenceService (the Open Inference Protocol)
+    async def ServerLive(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ServerLiveResponse() if undecodable(request, grpc_context) else await oip.ServerLive(pb, request, grpc_context)
+
+    async def ServerReady(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ServerReadyResponse() if undecodable(request, grpc_context) else await oip.ServerReady(pb, request, grpc_context)
+
+    async def ServerMetadata(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ServerMetadataResponse() if undecodable(request, grpc_context) else await oip.ServerMetadata(pb, request, grpc_context)
+
+    async def ModelReady(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ModelReadyResponse() if undecodable(request, grpc_context) else await oip.ModelReady(pb, request, grpc_context)
+
+    async def ModelMetadata(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ModelMetadataResponse() if undecodable(request, grpc_context) else await oip.ModelMetadata(pb, request, grpc_context)
+
+    async def ModelInfer(self, request, grpc_context):
+        pb = _pb('open_inference_pb2')
+        return pb.ModelInferResponse() if undecodable(request, grpc_context) else await oip.ModelInfer(pb, request, grpc_context)
+
+    # gRPC grpc.health.v1.Health
+    async def Check(self, request, grpc_context):
+        from grpc_health.v1 import health_pb2
+
+        return health_pb2.HealthCheckResponse() if undecodable(request, grpc_context) else await health.Check(request, grpc_context)
+
+    async def Watch(self, request, grpc_context):
+        if undecodable(request, grpc_context):
+            return
+        async for status in health.Watch(request, grpc_context):
+            yield status
+
+
+class AppArgs(BaseModel):
+    """``args`` of the application in the serve config."""
+
+    model_config = ConfigDict(extra="forbid")
+    repository: str = Field(default_factory=default_repository, description="the ONNX model repository (python -m export)")
+
+
+def build_app(args: AppArgs):
+    """The application (``import_path`` of the serve config): one ``Server`` deployment. Its options (replicas,
+    user_config, GPUs) come from the serve config, not from here."""
+    return Server.bind(str(Path(args.repository).resolve()))

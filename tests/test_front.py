@@ -1,0 +1,174 @@
+"""The protocol adapters (service/front/) in-process, over the real models of the test repository, without Ray: every
+limit of the contract on every protocol (task HTTP, Open Inference Protocol over HTTP and gRPC, task gRPC), with the
+status each protocol must give it, and ordinary requests answered the same on all four."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient is a test extra: `make test` installs it")
+from tritonclient.grpc import service_pb2 as oip_pb  # noqa: E402  (the protocol's reference messages; ours define the same package)
+
+from proto import inference_pb2 as task_pb
+from service import front
+from service.contract import MAX_ITEMS, MAX_TEXT_CHARS
+from service.front import grpc as task_grpc
+from service.front import oip
+from service.front.http import app
+from service.images import encode_png
+
+DIGIT = encode_png((np.eye(8) * 255).astype(np.uint8))
+SCENE = encode_png(np.zeros((32, 32), np.uint8))
+
+
+class Context:
+    """What a gRPC servicer is handed to answer with: records the status it sets."""
+
+    def __init__(self) -> None:
+        self.code, self.details = None, ""
+
+    def set_code(self, code) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+@pytest.fixture(scope="module")
+def models(repo):
+    from service.server import Models
+
+    m = Models(repo)
+    front.bind(m)
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="module")
+def http(models):
+    with TestClient(app, raise_server_exceptions=True) as client:
+        yield client
+
+
+def grpc_call(http, method, pb, request):
+    """Call a gRPC adapter on the event loop that serves the HTTP test client (one loop, as in a replica)."""
+    context = Context()
+    response = http.portal.call(method, pb, request, context)
+    return response, context
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# (what is wrong, task HTTP route + body, OIP model + inputs + parameters, task gRPC method + request, HTTP status)
+CASES = {
+    "beam_size over 8": (("/v1/translate", {"text": "Hi", "beam_size": 9}),
+                         ("translator", [("text", "BYTES", [b"Hi"])], {"beam_size": 9}),
+                         ("Translate", task_pb.TranslateRequest(texts=["Hi"], beam_size=9)), 422),
+    "max_new_tokens 0": (("/v1/caption", {"image": b64(SCENE), "max_new_tokens": 0}),
+                         ("captioner", [("image", "BYTES", [SCENE])], {"max_new_tokens": 0}),
+                         ("Caption", task_pb.CaptionRequest(image=SCENE, max_new_tokens=0)), 422),
+    "max_new_tokens over 256": (("/v1/translate", {"text": "Hi", "max_new_tokens": 257}),
+                                ("translator", [("text", "BYTES", [b"Hi"])], {"max_new_tokens": 257}),
+                                ("Translate", task_pb.TranslateRequest(texts=["Hi"], max_new_tokens=257)), 422),
+    "too many texts": (("/v1/translate", {"texts": ["Hi"] * (MAX_ITEMS + 1)}),
+                       ("translator", [("text", "BYTES", [b"Hi"] * (MAX_ITEMS + 1))], {}),
+                       ("Translate", task_pb.TranslateRequest(texts=["Hi"] * (MAX_ITEMS + 1))), 413),
+    "text too long": (("/v1/translate", {"text": "a" * (MAX_TEXT_CHARS + 1)}),
+                      ("translator", [("text", "BYTES", [b"a" * (MAX_TEXT_CHARS + 1)])], {}),
+                      ("Translate", task_pb.TranslateRequest(texts=["a" * (MAX_TEXT_CHARS + 1)])), 413),
+    "empty text": (("/v1/translate", {"text": " "}), ("translator", [("text", "BYTES", [b" "])], {}),
+                   ("Translate", task_pb.TranslateRequest(texts=[" "])), 400),
+    "no texts": (("/v1/translate", {"texts": []}), None, ("Translate", task_pb.TranslateRequest()), 422),
+    "not an image": (("/v1/classify", {"image": b64(b"nope")}), ("classifier", [("image_bytes", "BYTES", [b"nope"])], {}),
+                     ("Classify", task_pb.ClassifyRequest(images=[b"nope"])), 400),
+    "image too large": (("/v1/caption", {"image": b64(encode_png(np.zeros((1, 5000), np.uint8)))}),
+                        ("captioner", [("image", "BYTES", [encode_png(np.zeros((1, 5000), np.uint8))])], {}),
+                        ("Caption", task_pb.CaptionRequest(image=encode_png(np.zeros((1, 5000), np.uint8)))), 413),
+    "too many images": (("/v1/classify", {"images": [b64(DIGIT)] * (MAX_ITEMS + 1)}),
+                        ("classifier", [("image_bytes", "BYTES", [DIGIT] * (MAX_ITEMS + 1))], {}),
+                        ("Classify", task_pb.ClassifyRequest(images=[DIGIT] * (MAX_ITEMS + 1))), 413),
+    "top_k over 10": (("/v1/classify", {"image": b64(DIGIT), "top_k": 11}), None,
+                      ("Classify", task_pb.ClassifyRequest(images=[DIGIT], top_k=11)), 422),
+}
+GRPC_NAME = {400: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT"}
+
+
+def oip_request(model: str, inputs: list, params: dict) -> tuple[dict, object]:
+    """The same inputs as an HTTP JSON body and as a gRPC ModelInferRequest."""
+    body = {"inputs": [{"name": n, "datatype": d, "shape": [len(v)],
+                        "data": [x.decode() if n == "text" else b64(x) for x in v]} for n, d, v in inputs],
+            "parameters": params}
+    request = oip_pb.ModelInferRequest(model_name=model)
+    for n, d, v in inputs:
+        t = request.inputs.add(name=n, datatype=d, shape=[len(v)])
+        t.contents.bytes_contents.extend(v)
+    for k, v in params.items():
+        request.parameters[k].int64_param = v
+    return body, request
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_limit_is_the_same_refusal_on_every_protocol(models, http, case):
+    (route, body), oip_case, (method, grpc_request), status = CASES[case]
+    r = http.post(route, json=body)
+    assert r.status_code == status and r.json()["error"]["code"] and r.json()["error"]["message"], (r.status_code, r.text)
+    _, context = grpc_call(http, getattr(task_grpc, method), task_pb, grpc_request)
+    assert context.code.name == GRPC_NAME[status], (context.code, context.details)
+    assert context.details == r.json()["error"]["message"]  # one contract: the same words on both
+    if oip_case is not None:
+        model, inputs, params = oip_case
+        body, request = oip_request(model, inputs, params)
+        r = http.post(f"/v2/models/{model}/infer", json=body)
+        assert r.status_code == status and isinstance(r.json()["error"], str), (r.status_code, r.text)
+        _, context = grpc_call(http, oip.ModelInfer, oip_pb, request)
+        assert context.code.name == GRPC_NAME[status], (context.code, context.details)
+
+
+def test_an_ordinary_request_is_answered_alike_on_every_protocol(models, http):
+    text = "Friday, March 14, 2025"
+    via_http = http.post("/v1/translate", json={"text": text}).json()
+    response, context = grpc_call(http, task_grpc.Translate, task_pb, task_pb.TranslateRequest(texts=[text]))
+    assert context.code is None and list(response.translations) == via_http["translations"] == ["vendredi 14 mars 2025"]
+    body, request = oip_request("translator", [("text", "BYTES", [text.encode()])], {})
+    assert http.post("/v2/models/translator/infer", json=body).json()["outputs"][0]["data"] == via_http["translations"]
+    response, context = grpc_call(http, oip.ModelInfer, oip_pb, request)
+    assert context.code is None and response.raw_output_contents[0][4:].decode() == via_http["translations"][0]
+
+    top = http.post("/v1/classify", json={"image": b64(DIGIT), "top_k": 3}).json()["predictions"][0]
+    response, _ = grpc_call(http, task_grpc.Classify, task_pb, task_pb.ClassifyRequest(images=[DIGIT], top_k=3))
+    assert [p.label for p in response.predictions[0].predictions] == [p["label"] for p in top] and len(top) == 3
+
+
+def test_http_body_errors(http):
+    assert http.post("/v1/translate", content=b"{bad").json()["error"]["code"] == "invalid_json"
+    assert http.post("/v1/translate", content=b"[1]").status_code in (400, 422)
+    r = http.post("/v1/translate", json={"text": "Hi", "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["error"]["message"]
+    r = http.post("/v1/translate", json={"text": "Hi"}, headers={"X-Request-Timeout-Ms": "soon"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header"
+    assert http.post("/v2/models/nope/infer", json={"inputs": []}).status_code == 404
+    assert http.get("/v1/nothing").json()["error"]["code"] == "not_found"
+
+
+def test_a_caption_past_the_decoders_positions_is_clamped(http):
+    r = http.post("/v1/caption", json={"image": b64(SCENE), "max_new_tokens": 256})
+    assert r.status_code == 200 and r.json()["model"] == "captioner"
+
+
+def test_streams(http):
+    with http.stream("POST", "/v1/translate/stream", json={"text": "Friday, March 14, 2025"}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == {"done": True, "translation": "vendredi 14 mars 2025", "tokens": 12}
+    assert "".join(e.get("token", "") for e in events[:-1]) == events[-1]["translation"]
+    assert http.post("/v1/translate/stream", json={"text": "Hi", "beam_size": 2}).status_code == 422
+
+
+def test_metadata_publishes_the_limits(http):
+    meta = http.get("/v2/models/captioner").json()
+    assert meta["parameters"]["max_new_tokens_decoded"] == 48 and meta["name"] == "captioner"
+    assert http.get("/readyz").json() == {"ready": True, "models": {"translator": True, "classifier": True, "captioner": True}}

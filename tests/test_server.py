@@ -1,0 +1,38 @@
+"""The serving process's models (service/server.py Models), without Ray: per-model settings, stats and readiness."""
+
+import pytest
+
+from service.server import AppArgs, Models, build_app
+from service.runtime import RuntimeOptions
+
+
+@pytest.fixture(scope="module")
+def models(repo):
+    m = Models(repo, RuntimeOptions(intra_op_threads=1))
+    yield m
+    m.stop()
+
+
+def test_settings_are_one_entry_per_model(models):
+    models.reconfigure({"classifier": {"max_batch_size": 8}, "translator": {"max_queue": 7, "auto_width": False}})
+    assert models.stats("classifier")["max_batch_size"] == 8 and models.stats("translator")["max_queue"] == 7
+    assert models.stats("captioner")["max_queue"] == 1024  # an entry left out: that model's defaults
+    with pytest.raises(ValueError, match="unknown keys"):
+        models.reconfigure({"translater": {}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        models.reconfigure({"translator": {"max_batch": 4}})
+    with pytest.raises(KeyError):
+        models.stats("nope")
+
+
+def test_readiness_names_a_stopped_decode_loop(repo):
+    m = Models(repo, RuntimeOptions(intra_op_threads=1))
+    assert all(m.ready(name) for name in ("translator", "classifier", "captioner"))
+    m.captioner.stop()
+    assert not m.ready("captioner") and "decode loop" in m.unready_reason("captioner")
+    m.stop()
+
+
+def test_the_application_is_one_deployment_given_the_repository():
+    deployment = build_app(AppArgs(repository="/models"))._bound_deployment
+    assert deployment.name == "Server" and deployment.init_args == ("/models",)
