@@ -22,11 +22,14 @@ DEFAULT_CONFIG = ROOT / "deploy" / "serve_config.yaml"
 APP_NAME = "inference"
 
 # Serve's fastest ingress here, measured against the default by tests/benchmarks/frontend_bench.py (BENCHMARKS.md):
-# HAProxy in front of the ingress replicas instead of Serve's Python proxy, and Serve's throughput preset (user
-# code on the replica's event loop, buffered request logs, gRPC between deployments). Read by Ray when it starts,
+# HAProxy in front of the replicas instead of Serve's Python proxy, Serve's throughput preset (user code on the
+# replica's event loop, buffered request logs), no HAProxy request metrics (HAProxy sends one syslog message per
+# request to a Python actor for them; the service's own request metrics are kept) and the controller's loop every
+# 0.5 s instead of 0.1 s (background CPU that showed up per request at these rates). Read by Ray when it starts,
 # so they are environment variables: `make run` and the container image set them; a value already set wins
 # (RAY_SERVE_ENABLE_HA_PROXY=0 brings Serve's own proxy back).
-SERVE_ENVIRONMENT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+SERVE_ENVIRONMENT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 # HAProxy's files and side ports default to fixed places (/tmp/haproxy-serve, ports 8404 and 9101): two instances
 # on one machine would fight over them, so every instance gets its own.
 HAPROXY_INSTANCE_VARIABLES = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",

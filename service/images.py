@@ -65,7 +65,10 @@ def digit_array(gray: np.ndarray, size: int = 8) -> np.ndarray:
             square = np.zeros((side, side), dtype=np.float32)
             square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = gray
             gray = square
-    resized = Image.fromarray((gray * 255).astype(np.uint8)).resize((size, size), Image.BOX)
+    quantized = (gray * 255).astype(np.uint8)  # as an 8-bit picture, like every other input
+    if quantized.shape == (size, size):  # PIL's resize to the same size is a copy: skip it (the OIP's FP32 fast path)
+        return (quantized.astype(np.float32) / 255.0)[None]
+    resized = Image.fromarray(quantized).resize((size, size), Image.BOX)
     return (np.asarray(resized, dtype=np.float32) / 255.0)[None]
 
 

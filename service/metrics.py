@@ -13,7 +13,7 @@ import time
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 TOKEN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
-GAUGE_REFRESH_S = 5.0
+GAUGE_PUBLISH_S = 1.0  # gauges are published this often (Ray exports every 10 s; a set per request was CPU for nothing)
 # Decoder steps are observed in the step-time and batch-size histograms one in this many, drawn at random by
 # the engine (unbiased: quantiles and means hold; the counts are 1/16 of the steps; generation_tokens_total counts
 # every token). Ray's metrics agent, a nice-0 process, replays every histogram observation one by one at each 10 s
@@ -77,19 +77,22 @@ class Metrics:
             self._metric(name).inc(value, tags=labels)
 
     def add_gauge(self, name: str, delta: float, **labels: str) -> None:
+        """Move a gauge; the value is published within GAUGE_PUBLISH_S (``_publish``), not on every call."""
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
+            new = key not in self._gauges
             self._gauges[key] = self._gauges.get(key, 0.0) + delta
-            self._metric(name).set(self._gauges[key], tags=labels)
+            if new:  # a series exists (at its value) from its first use
+                self._metric(name).set(self._gauges[key], tags=labels)
             if self._ray and self._refresher is None:
-                self._refresher = threading.Thread(target=self._refresh, name="gauge-refresh", daemon=True)
+                self._refresher = threading.Thread(target=self._publish, name="gauge-publish", daemon=True)
                 self._refresher.start()
 
-    def _refresh(self) -> None:
-        """Ray's exporter forgets a gauge series ~20 s after its last ``set``: an idle service would show no
-        in-flight series at all instead of 0. Re-set every known gauge to its current value every few seconds."""
+    def _publish(self) -> None:
+        """Set every known gauge to its current value every GAUGE_PUBLISH_S. Also keeps idle series alive: Ray's
+        exporter forgets a gauge series ~20 s after its last ``set``, and an idle service should show 0 in flight."""
         while True:
-            time.sleep(GAUGE_REFRESH_S)
+            time.sleep(GAUGE_PUBLISH_S)
             with self._lock:
                 for (name, labels), value in self._gauges.items():
                     self._metric(name).set(value, tags=dict(labels))

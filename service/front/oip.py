@@ -19,7 +19,7 @@ from service.front import health, models
 from service.front.grpc import unary
 
 router = APIRouter(tags=["open inference protocol"])
-INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
 def infer_route(path: str) -> tuple[str, str] | None:

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,10 +50,14 @@ VARIANTS = {
     "triton": None,
     "serve": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
     "serve-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
-    "serve-haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "serve-haproxy-throughput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                                 "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"},
+    # + no HAProxy request metrics (one syslog message per request to a Python actor) and a 0.5 s controller loop
+    "serve-lean": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                   "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"},
 }
 MODELS = ("echo", "classifier")
-TRANSPORTS = ("http", "grpc")
+TRANSPORTS = ("http", "hey", "grpc")  # hey: the same HTTP request from Debian's Go load generator (closed loop only)
 PYTRITON_ENV = ROOT / ".bench" / "pytriton"
 PYTRITON_PINS = ["nvidia-pytriton==0.7.0", "requests"]
 
@@ -210,6 +215,10 @@ def bench_server(name: str, endpoints: dict, args) -> list[dict]:
     for model in MODELS:
         for transport in TRANSPORTS:
             e = endpoints[model]
+            if transport == "hey":
+                if shutil.which("hey"):
+                    rows.append(hey_cell(name, model, e["http"], args))
+                continue
             target = e["http"] if transport == "http" else e["grpc"]
             for load in ({"concurrency": args.concurrency}, {"rate": args.rate}):
                 before = cpu_seconds()
@@ -222,6 +231,26 @@ def bench_server(name: str, endpoints: dict, args) -> list[dict]:
                 print(f"  {name:26s} {model:10s} {transport:4s} {row['mode']:6s} {row['load']:>6g}: {row['rps']:7.0f} req/s  "
                       f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}", flush=True)
     return rows
+
+
+def hey_cell(name: str, model: str, url: str, args) -> dict:
+    """A closed-loop HTTP cell driven by ``hey`` (Go, a fixed small cost per request), so that the load generator's own
+    CPU does not decide the result; its CPU is reported beside the servers'."""
+    from concurrency import hey
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hey(f"{url}/v2/models/{model}/infer", loadgen.payload(model), args.concurrency, args.warmup, Path(tmp))
+        before = cpu_seconds()
+        point = hey(f"{url}/v2/models/{model}/infer", loadgen.payload(model), args.concurrency, args.seconds, Path(tmp))
+        after = cpu_seconds()
+    ok = point["statuses"].get("200", 0)
+    row = {"server": name, "model": model, "transport": "hey", "mode": "closed", "load": args.concurrency,
+           "rps": point["per_s"], "p50_ms": point["p50_ms"], "p99_ms": point["p99_ms"], "ok": ok,
+           "errors": point["requests"] - ok, "hey_cpu": point["hey_cpu"],
+           "cpu_ms_per_request": cpu_per_request(before, after, ok)}
+    print(f"  {name:26s} {model:10s} hey  closed {args.concurrency:>6g}: {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+          f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}  hey {point['hey_cpu']:.2f} CPU", flush=True)
+    return row
 
 
 def write_report(rows: list[dict], args, seconds: float) -> None:
@@ -239,7 +268,9 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
         f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, no GPU; servers and load generator on the same machine",
         f"- versions: Ray {ray.__version__}, onnxruntime {onnxruntime.__version__}, PyTriton 0.7.0 (its bundled Triton), Python {platform.python_version()}",
         f"- command: `python tests/benchmarks/frontend_bench.py{' --quick' if args.quick else ''}` ({seconds:.0f} s), {dt.date.today()}",
-        f"- load: `loadgen.py`, one asyncio process; closed loop at concurrency {args.concurrency}; open loop Poisson at {args.rate:g} req/s; "
+        "- transports: `http` and `grpc` driven by `loadgen.py`, one asyncio process; `hey`: the same HTTP request from Debian's "
+        "`hey` (Go), closed loop only",
+        f"- load: closed loop at concurrency {args.concurrency}; open loop Poisson at {args.rate:g} req/s; "
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up per cell; same OIP request to every server",
         "- ratios are against Triton in the same run: throughput ours/Triton (higher is better), latency ours/Triton (lower is better)", "",
         "| model | transport | server | closed req/s | × Triton | closed p50 ms | closed p99 ms | open p50 ms | open p99 ms | open p99 × Triton | errors |",
@@ -250,10 +281,14 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
             for server in args.variants:
                 closed = next((r for r in rows if (r["server"], r["model"], r["transport"], r["mode"]) == (server, model, transport, "closed")), None)
                 opened = next((r for r in rows if (r["server"], r["model"], r["transport"], r["mode"]) == (server, model, transport, "open")), None)
-                if closed is None or opened is None:
+                if closed is None:
                     continue
                 t_closed, t_open = triton.get((model, transport, "closed")), triton.get((model, transport, "open"))
                 ratio = f"{closed['rps'] / t_closed['rps']:.2f}×" if t_closed else "–"
+                if opened is None:  # hey: closed loop only
+                    lines.append(f"| {model} | {transport} | {server} | {closed['rps']:.0f} | {ratio} | {closed['p50_ms']:.1f} | "
+                                 f"{closed['p99_ms']:.1f} | – | – | – | {closed['errors']} |")
+                    continue
                 lat_ratio = f"{opened['p99_ms'] / t_open['p99_ms']:.2f}×" if t_open else "–"
                 lines.append(f"| {model} | {transport} | {server} | {closed['rps']:.0f} | {ratio} | {closed['p50_ms']:.1f} | "
                              f"{closed['p99_ms']:.1f} | {opened['p50_ms']:.1f} | {opened['p99_ms']:.1f} | {lat_ratio} | "

@@ -63,7 +63,7 @@ class Answer:
     status: int  # HTTP status (a stream's: 200 only if complete); 0 = no answer (client timeout, connection error)
     retry_after: bool = False
     lag: float = 0.0  # seconds from when it was due to when the client got to send it (the load generator's delay)
-    refused_by: str = ""  # for a 503: "door" (the ingress's gate), "expected wait", "waited" or "queue" (the model)
+    refused_by: str = ""  # for a 503: "expected wait", "waited" or "queue" (the engine's admission)
 
 
 class Client:
@@ -111,9 +111,9 @@ def stream_status(body: bytes) -> int:
 
 
 def refused_by(body: bytes) -> str:
-    """Which part of the service said no, from the 503's message (service.ingress.shed, service.engine.scheduler)."""
+    """Which rule of the engine's admission said no, from the 503's message (service.engine.scheduler)."""
     text = body.decode(errors="replace")
-    for marker, where in (("no free slot expected", "door"), ("as many as it took lately", "door"), ("would wait about", "expected wait"),
+    for marker, where in (("would wait about", "expected wait"),
                           ("waited over", "waited"), ("queue full", "queue"), ("rows already waiting", "queue")):
         if marker in text:
             return where
