@@ -51,7 +51,7 @@ def main() -> int:
         host = os.environ.get("SERVE_HTTP_HOST", "127.0.0.1")  # 0.0.0.0 in a container
         config, notes = serve_config.localize(config, repository=str(repository), host=host, http_port=port,
                                               grpc_port=grpc_port, gpus=ray.cluster_resources().get("GPU", 0),
-                                              single_node=True)
+                                              single_node=True, cpus=ray.cluster_resources().get("CPU", 1))
         for note in notes:
             print(note)
         serve_config.deploy(config)

@@ -94,11 +94,16 @@ def deployment(config: dict, name: str, app: str = APP_NAME) -> dict:
 
 
 def localize(config: dict, *, repository: str | None = None, host: str | None = None, http_port: int | None = None,
-             grpc_port: int | None = None, gpus: float | None = None, single_node: bool = False) -> tuple[dict, list[str]]:
+             grpc_port: int | None = None, gpus: float | None = None, single_node: bool = False,
+             cpus: float | None = None) -> tuple[dict, list[str]]:
     """A copy of ``config`` for this machine, and what was changed (to tell the user).
 
     ``gpus``: the GPUs Ray sees here; with none, every deployment's ``num_gpus`` is dropped so the models run on CPU.
-    ``single_node``: one replica per deployment (no machine to scale onto): autoscaling is pinned to ``min_replicas``.
+    ``single_node``: no machine to scale onto: autoscaling is pinned to a fixed number of replicas, ``min_replicas``,
+    or, given ``cpus`` (the CPUs Ray sees) and no GPU, as many replicas as the CPUs hold at the replica's ``num_cpus``
+    (within min_replicas..max_replicas). A replica runs its Python on one core (one GIL: its event loop and decode
+    loops take turns), so on CPUs the replicas are what uses the machine: two on two vCPUs served 1.8× the
+    translations of one (BENCHMARKS.md).
     """
     config, notes = copy.deepcopy(config), []
     if host is not None:
@@ -115,9 +120,14 @@ def localize(config: dict, *, repository: str | None = None, host: str | None = 
             if not gpus and actor.get("num_gpus"):
                 notes.append(f"{entry['name']}: num_gpus {actor.pop('num_gpus')} dropped (Ray sees no GPU here)")
             scaling = entry.get("autoscaling_config")
-            if single_node and scaling and scaling.get("max_replicas", 1) != scaling.get("min_replicas", 1):
-                scaling["max_replicas"] = scaling.get("min_replicas", 1)
-                notes.append(f"{entry['name']}: autoscaling pinned to {scaling['max_replicas']} replica(s) on one machine")
+            if single_node and scaling:
+                low, high = scaling.get("min_replicas", 1), scaling.get("max_replicas", 1)
+                fixed = low
+                if cpus and not gpus:
+                    fixed = max(low, min(high, int(cpus // max(actor.get("num_cpus", 1), 1e-9))))
+                if (low, high) != (fixed, fixed):
+                    scaling["min_replicas"] = scaling["max_replicas"] = fixed
+                    notes.append(f"{entry['name']}: autoscaling pinned to {fixed} replica(s) on one machine")
     return config, notes
 
 

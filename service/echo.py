@@ -31,34 +31,36 @@ async def _protocol_error(_: Request, e: oip.ProtocolError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status)
 
 
+def echo(tensors: list[oip.Tensor]) -> list[oip.Output]:
+    if len(tensors) != 1 or tensors[0].datatype == "BYTES":
+        raise oip.ProtocolError("echo takes one numeric tensor")
+    t = tensors[0]
+    return [oip.Output("y", t.datatype, list(t.data.shape), t.data)]
+
+
+@app.post("/v2/models/{name}/infer")
+async def infer(name: str, request: Request) -> Response:
+    if name != "echo":
+        raise oip.ProtocolError(f"unknown model '{name}'; models: echo", 404)
+    head, tensors = oip.parse_http(await request.body(), request.headers.get("Inference-Header-Content-Length"))
+    content, headers = oip.http_response(name, head, echo(tensors))
+    return Response(content, headers=headers, media_type=headers["content-type"])
+
+
 @serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Echo:
-    async def _infer(self, tensors: list[oip.Tensor]) -> list[oip.Output]:
-        if len(tensors) != 1 or tensors[0].datatype == "BYTES":
-            raise oip.ProtocolError("echo takes one numeric tensor")
-        t = tensors[0]
-        return [oip.Output("y", t.datatype, list(t.data.shape), t.data)]
-
-    @app.post("/v2/models/{name}/infer")
-    async def infer(self, name: str, request: Request) -> Response:
-        if name != "echo":
-            raise oip.ProtocolError(f"unknown model '{name}'; models: echo", 404)
-        head, tensors = oip.parse_http(await request.body(), request.headers.get("Inference-Header-Content-Length"))
-        content, headers = oip.http_response(name, head, await self._infer(tensors))
-        return Response(content, headers=headers, media_type=headers["content-type"])
-
     async def ModelInfer(self, request, grpc_context):
         import grpc
 
         from proto import open_inference_pb2 as pb
 
         try:
-            outputs = await self._infer(oip.parse_grpc(request))
+            outputs = echo(oip.parse_grpc(request))
             return oip.grpc_response(pb, request.model_name, request.id, [o.name for o in request.outputs], outputs)
         except oip.ProtocolError as e:
             grpc_context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
-            grpc_context.set_details(str(e))
+            grpc_context.set_details(e.message)
             return pb.ModelInferResponse()
 
 

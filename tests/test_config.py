@@ -57,6 +57,21 @@ def test_localize_drops_gpu_requests_only_without_a_gpu():
     assert "num_gpus" in serve_config.deployment(config, "Server")["ray_actor_options"]  # the input is untouched
 
 
+def test_on_one_machine_without_a_gpu_the_replicas_follow_the_cpus():
+    """A replica runs its Python on one core: `make run` starts as many as the CPUs hold (num_cpus 1 each), within
+    the file's min..max replicas; with a GPU, min_replicas (a replica takes a whole GPU)."""
+    config = serve_config.load()
+
+    def replicas(**kw) -> int:
+        local, _ = serve_config.localize(config, single_node=True, **kw)
+        scaling = serve_config.deployment(local, "Server")["autoscaling_config"]
+        assert scaling["min_replicas"] == scaling["max_replicas"]
+        return scaling["max_replicas"]
+
+    assert replicas(gpus=0, cpus=2) == 2 and replicas(gpus=0, cpus=3) == 3 and replicas(gpus=0, cpus=64) == 4
+    assert replicas(gpus=0, cpus=1) == 1 and replicas(gpus=0) == 1 and replicas(gpus=1, cpus=16) == 1
+
+
 def test_the_builder_takes_the_files_args():
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.deployment import Application

@@ -197,8 +197,11 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
             for t in threads:
                 t.join(60)
     codes = collections.Counter(code for code, _ in results)
-    assert set(codes) <= {200, "reset"}, (codes, sorted((round(t, 2), c) for c, t in results if c != 200))
-    assert codes["reset"] <= 4 + 4  # at most the calls in flight on the dead replica (and one more each, while marked)
+    # a call the dead process held is reset; one HAProxy had just handed to Serve's fallback proxy for it may come back
+    # 500/502/503 (the proxy's call to the dead replica failed): a server fault, not a hang, and only at the crash
+    cut = sorted((round(t, 2), c) for c, t in results if c != 200)
+    assert set(codes) <= {200, "reset", 500, 502, 503}, (codes, cut)
+    assert sum(n for c, n in codes.items() if c != 200) <= 2 * 4, cut  # at most about the calls in flight at the kill
     assert max(took for _, took in results) < deadline_s + 1.0, max(took for _, took in results)
     assert served_after and all(code == 200 for code, _ in served_after), collections.Counter(c for c, _ in served_after)
     print(f"killed replica {old}: {dict(codes)} over {len(results)} requests; Serve counted 2 replicas running again {replaced:.1f} s after the kill")

@@ -32,20 +32,26 @@ def test_requests_queue_behind_a_full_batch_instead_of_being_refused():
 
 
 def test_a_request_that_cannot_make_its_budget_is_refused_at_once():
-    sched = Scheduler(EngineOptions(max_queue_wait_s=1.0))
+    """Queued only while the expected wait is at most WAIT_SHARE (half) of the budget: the estimate is a running mean,
+    and a queue filled to the whole budget sent a third of the requests under a sustained overload past their
+    deadline."""
+    from service.engine.scheduler import WAIT_SHARE
+
+    assert WAIT_SHARE == 0.5
+    sched = Scheduler(EngineOptions(max_queue_wait_s=2.0))
     sched.step_s, sched.steps_per_seq = 0.01, 50  # a full batch of 4 frees a row every 0.125 s
     now = time.monotonic()
     for _ in range(8):
-        sched.submit([seq()], live_rows=4, limit=4, now=now)  # the 8th waits for 8 rows to leave: 1.0 s, its budget
+        sched.submit([seq()], live_rows=4, limit=4, now=now)  # the 8th waits for 8 rows to leave: 1.0 s, half its budget
     with pytest.raises(QueueFull, match="would wait about 1125 ms") as refused:
         sched.submit([seq()], live_rows=4, limit=4, now=now)
     assert refused.value.reason == "expected_wait" and len(sched.waiting) == 8
     # a request whose own deadline is further off may wait for it
     sched.submit([seq(deadline=now + 5)], live_rows=4, limit=4, now=now)
-    # and one whose deadline leaves less than the wait and its own decoding (10 steps of 10 ms) is refused now, not
-    # left to time out
-    with pytest.raises(QueueFull, match="budget of 1200 ms"):
-        sched.submit([seq(deadline=now + 1.3)], live_rows=4, limit=4, now=now)
+    # and one whose deadline leaves less than twice the wait once its own decoding (10 steps of 10 ms) is counted is
+    # refused now, not left to time out
+    with pytest.raises(QueueFull, match="budget of 2200 ms"):
+        sched.submit([seq(deadline=now + 2.3)], live_rows=4, limit=4, now=now)
 
 
 def test_queue_bound_counts_rows_and_a_request_is_queued_whole_or_not_at_all():
@@ -157,3 +163,14 @@ def test_an_owed_beam_that_does_not_fit_yet_is_not_overtaken():
         sched.submit([s], live_rows=16, limit=16, now=now)
     assert sched.admit(2, now, limit=16)[0] == []  # two rows free: the beam waits, and so does the one behind it
     assert sched.admit(5, now, limit=16)[0] == [beam, one]
+
+
+def test_waiting_beams_count_all_their_rows_in_the_wait_estimate():
+    """A beam is placed whole: under overload, when the fair share is one row a request, a waiting beam of four still
+    takes four rows before a newcomer (counted as one, the estimate was 4× short for beams and admitted requests ran
+    out of time)."""
+    sched = Scheduler(EngineOptions(max_queue_wait_s=1000.0))
+    now = time.monotonic()
+    for _ in range(40):
+        sched.submit([seq(width=4)], live_rows=16, limit=16, now=now)  # a full batch, a queue of beams
+    assert sched.rows_ahead(now, 16) == 160

@@ -25,6 +25,12 @@ from dataclasses import dataclass, field
 PRIOR_STEPS = 24.0  # steps a sequence decodes, before any has finished (a short translation or a caption: 8-30)
 PRIOR_STEP_S = 0.005  # a full step's time (schedule, execute, update) before calibration or the loop has measured one
 EMA = 0.05  # weight of a new observation in the running means (about the last 20)
+# A request joins the queue only if its expected wait is at most this share of its budget. The estimate is a running
+# mean; with the queue allowed to fill to the whole budget, a sustained 2× overload (2026-12-01, one replica holding
+# the three models) kept every queued request waiting ~4.8 s of its 5 s deadline and a third of those admitted ran
+# out of time (504: decoded for nothing). Half the budget still keeps seconds of work queued, so the batch never
+# starves and goodput holds; the rest is refused at once, which is what a client can act on.
+WAIT_SHARE = 0.5
 
 
 class QueueFull(RuntimeError):
@@ -129,12 +135,20 @@ class Scheduler:
     def rows_ahead(self, now: float, limit: int) -> int:
         """The waiting rows a new request would wait behind: under the fair share (``admit``), each waiting request's
         rows up to what it is owed, not a big request's whole backlog."""
-        waiting: dict[Sequence, int] = {}
+        waiting: dict[Sequence, list[int]] = {}
         for s in self.waiting:
             if not s.gone(now):
-                waiting[s.leader or s] = waiting.get(s.leader or s, 0) + s.width
+                waiting.setdefault(s.leader or s, []).append(s.width)
         share = max(1, limit // (len(set(self.held) | set(waiting)) + 1))  # + 1: the newcomer
-        return sum(min(rows, max(0, share - self.held.get(leader, 0))) for leader, rows in waiting.items())
+        ahead = 0
+        for leader, widths in waiting.items():
+            owed = share - self.held.get(leader, 0)
+            for width in widths:  # whole sequences: a beam owed one row is still placed with all of its rows
+                if owed <= 0:
+                    break
+                ahead += width
+                owed -= width
+        return ahead
 
     def expected_wait(self, width: int, live_rows: int, limit: int, now: float) -> float:
         """Seconds a request of ``width`` rows arriving now would wait for its place: 0 while the batch has room
@@ -168,8 +182,8 @@ class Scheduler:
         wait = self.expected_wait(seqs[0].width, live_rows, limit, now)  # its later sequences wait behind its own work
         # Refused only for the queue: with a place free now it is tried, whatever its deadline (it may be short enough;
         # if not, the deadline answers 504, which says what happened, where a 503 would invite a pointless retry).
-        if wait > 0 and wait > (budget := self.budget(seqs[0], now)):
-            raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a place in the batch, over its budget of "
+        if wait > 0 and wait > WAIT_SHARE * (budget := self.budget(seqs[0], now)):
+            raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a place in the batch, over half its budget of "
                             f"{max(budget, 0) * 1e3:.0f} ms", "expected_wait")
         for seq in seqs:
             seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at

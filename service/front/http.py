@@ -317,6 +317,8 @@ class ObserveMiddleware:
                 response = await endpoint(request)
             except ServiceError as e:
                 response = await _service_error(request, e)
+            except StarletteHTTPException as e:  # Starlette's own refusals (a multipart body it cannot parse)
+                response = await _http_error(request, e)
             await response(scope, receive, observed_send)
 
 
