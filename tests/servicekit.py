@@ -115,7 +115,13 @@ def redeployed(service: Service, **fields):
         yield
     finally:
         serve_config.deploy(service.config)
-        wait_for(lambda: serve.status().applications[serve_config.APP_NAME].status == "RUNNING", what="the app to run")
+        replicas = serve_config.deployment(service.config, "Server").get("autoscaling_config", {}).get("min_replicas", 1)
+
+        def settled() -> bool:  # running again, with the replicas it had (no extra one still stopping)
+            app = serve.status().applications[serve_config.APP_NAME]
+            return app.status == "RUNNING" and app.deployments["Server"].replica_states == {"RUNNING": replicas}
+
+        wait_for(settled, 120, what="the app to run as deployed")
 
 
 def reconfigured(service: Service, model: str, settings: dict):
