@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     elif (args.out / "batching_translation.json").exists():  # keep the last translation rows in the report
         earlier = json.loads((args.out / "batching_translation.json").read_text())
         decode, args.capacity = earlier["rows"], earlier["capacity_rps"]
+        args.rates = sorted({r["rate"] for r in decode})
+        args.fractions = [round(rate / args.capacity, 2) for rate in args.rates] if args.capacity else None
     print("classifier offline…", flush=True)
     offline = offline_images_per_s(args.repository, 32, 3.0 if args.quick else 6.0)
     print(f"  offline ORT batch 32: {offline:,.0f} images/s", flush=True)
