@@ -40,7 +40,10 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(REPO)/.complete: | $(VENV)/.installed
+# Exported again when the export code or the weights change (a repository from an older export lacks what the
+# service now feeds its graphs, e.g. the decoder's in-graph cache reorder and top-k).
+EXPORT_SOURCES := $(wildcard export/*.py) $(wildcard models/checkpoints/*/*)
+$(REPO)/.complete: $(EXPORT_SOURCES) | $(VENV)/.installed
 	$(PY) -m export --out $(REPO)
 	touch $@
 

@@ -11,7 +11,9 @@ Layout (one version, ``1``, per model)::
 * ``decoder.onnx`` is one decoding step: ``input_ids (B, 1)``, ``position_ids (B, 1)``, ``self_mask (B, P+1)``,
   ``cross_mask (B, S)``, ``past_key_values.{i}.key/value (B, H, P, Dh)`` and the cross K/V → ``logits (B, V)``
   and ``present.{i}.key/value (B, H, P+1, Dh)``. Batch, source length and past length are dynamic; the
-  first step has ``P = 0``.
+  first step has ``P = 0``. ``export.step_io`` then adds the serving interface: ``beam_rows`` / ``past_offset``
+  (the cache's rows reordered and its dead columns dropped inside the graph) and ``top_k`` → ``top_ids`` /
+  ``top_logp`` (each row's best next tokens), so the cache never has to leave the device between steps.
 
 Graphs come from ``torch.onnx.export(dynamo=True, opset_version=23)``, which turns every
 ``F.scaled_dot_product_attention`` into one ``Attention`` node. Every export then checks itself (timm's
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from export.step_io import add_step_io
 from service.runtime import kv_names
 
 
@@ -183,6 +186,7 @@ def export_encoder_decoder(model: nn.Module, directory: Path, text_source: bool)
            [{0: batch, 2: past}] * n, [{0: batch, 2: past}] * n, [src_dim] * n, [src_dim] * n)
     inputs = ["input_ids", "position_ids", "self_mask", "cross_mask"] + kv_names("past_key_values", n) + kv_names("cross", n)
     _export(DecoderStepGraph(model.decoder), args, dec_path, dyn, inputs, ["logits"] + kv_names("present", n))
+    add_step_io(dec_path)  # in-graph cache reorder and top-k (export/step_io.py)
     fused = _is_fused(model)
     return {"encoder.onnx": check_fused(enc_path, enc_attn, fused), "decoder.onnx": check_fused(dec_path, 2 * n, fused)}
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.engine.search import BeamState
+from service.engine.search import BeamState, log_softmax_top
 
 
 class Inference(Protocol):
@@ -22,6 +22,10 @@ class Inference(Protocol):
 
     def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
         """Row ``i`` of the cache becomes a copy of row ``source_rows[i]``."""
+
+    # Optional: ``candidates(tokens, c)`` → each row's ``c`` best next tokens and log-probabilities, best first,
+    # advancing the cache one step (ONNX Runtime chooses them in the graph, as for the engine's beam rows); a search
+    # uses it where present, so offline and engine beams see the very same candidates.
 
     def release(self) -> None:
         """Free the cache."""
@@ -72,11 +76,16 @@ def beam_search(
     states = [BeamState(k, eos, options.length_penalty) for _ in range(batch)]
     last = np.full(batch * k, bos, dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
+    in_graph = hasattr(inference, "candidates")
     for _ in range(options.max_new_tokens):
-        logits = inference.logits(last)  # (B*K, V)
+        if in_graph:
+            cand_tok, cand_logp = inference.candidates(last, 2 * k)  # (B*K, 2K) each
+        else:
+            cand_tok, cand_logp = log_softmax_top(inference.logits(last), 2 * k)
         rows = np.arange(batch * k)
         for b in np.flatnonzero(~done):
-            beams, tokens, done[b] = states[b].advance(logits[b * k : (b + 1) * k])
+            part = slice(b * k, (b + 1) * k)
+            beams, tokens, done[b] = states[b].advance_top(cand_tok[part], cand_logp[part])
             rows[b * k : (b + 1) * k] = b * k + beams
             last[b * k : (b + 1) * k] = tokens
         if done.all():

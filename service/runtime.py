@@ -4,11 +4,13 @@ Providers come from ``ORT_PROVIDERS`` (comma-separated, in order of preference),
 onnxruntime build offers it, then CPU. Providers the installed build does not have are dropped with a
 warning, and the CPU provider is always last, so a machine without a GPU runs everything on CPU.
 
-On CUDA, a decoding step runs through IOBinding: the ``present.*`` outputs stay in device memory and are
-bound as the next step's ``past_key_values.*`` inputs, cross-attention K/V are uploaded once per request,
-beam search reorders cache rows on the device (a one-node ``Gather`` graph on the same provider), and only
-the ``(B, V)`` logits come back to the host each step. The same binding code runs on CPU (device
-``cpu``), which is how it is tested on machines without a GPU.
+A decoding step runs through IOBinding (``EncoderDecoderRuntime.run_step``): the ``present.*`` outputs stay where
+the step ran (device memory under CUDA) and are bound as the next step's ``past_key_values.*``; the graph itself
+reorders the cache's rows (``beam_rows``: beam search, finished rows, newcomers) and drops its dead columns
+(``past_offset``), and returns each row's best next tokens (``top_ids`` / ``top_logp``, ``export/step_io.py``), so
+only those come back to the host each step. Cross-attention K/V are uploaded when the batch's rows change, not per
+step. The same code runs on CPU (device ``cpu``, where binding a numpy array copies nothing), which is how it is
+tested on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def kv_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}.{i}.key" for i in range(layers)] + [f"{prefix}.{i}.value" for i in range(layers)]
 
 
-def decoder_feed(tokens, positions, self_mask, cross_mask, past: Sequence, cross: Sequence) -> dict:
+def decoder_feed(tokens, positions, self_mask, cross_mask, past: Sequence, cross: Sequence,
+                 rows: np.ndarray | None = None, past_offset: int = 0, top_k: int = 1) -> dict:
     """The decoder's inputs for one step, by name: the one place a feed is built (the engine's step, its
     calibration, the offline search and the attention maps all call it). ``tokens``/``positions`` ``(B, 1)``,
-    ``self_mask`` ``(B, P + 1)``, ``cross_mask`` ``(B, S)``; ``past``/``cross``: 2L arrays or OrtValues, keys of
-    every layer then values (``kv_names``)."""
+    ``self_mask`` ``(B, P + 1)`` (``P``: the cache's columns after ``past_offset``), ``cross_mask`` ``(B, S)``;
+    ``past``/``cross``: 2L arrays or OrtValues, keys of every layer then values (``kv_names``); ``rows`` ``(B,)``:
+    the cache row each row continues from (default: the same row); ``top_k``: candidates returned per row."""
     layers = len(past) // 2
-    feed = {"input_ids": tokens, "position_ids": positions, "self_mask": self_mask, "cross_mask": cross_mask}
+    b = len(tokens)
+    rows = np.arange(b, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    feed = {"input_ids": tokens, "position_ids": positions, "self_mask": self_mask, "cross_mask": cross_mask,
+            "beam_rows": rows, "past_offset": np.array([past_offset], dtype=np.int64),
+            "top_k": np.array([top_k], dtype=np.int64)}
     feed.update(zip(kv_names("past_key_values", layers), past))
     feed.update(zip(kv_names("cross", layers), cross))
     return feed
@@ -90,25 +98,6 @@ def create_session(path: str | Path | bytes, options: RuntimeOptions = RuntimeOp
     provider_options = [{"device_id": options.cuda_device_id} if p == CUDA else {} for p in providers]
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options)
-
-
-def gather_session(float_type: type, providers: list[str], options: RuntimeOptions) -> ort.InferenceSession:
-    """A one-node ``Gather(axis=0)`` graph on the decoder's provider: reorders cache rows (beam search) on the
-    device, so beams never send the KV cache through host memory."""
-    from onnx import TensorProto, helper
-
-    elem = TensorProto.FLOAT16 if float_type == np.float16 else TensorProto.FLOAT
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["data", "rows"], ["out"], axis=0)],
-        "reorder_rows",
-        [helper.make_tensor_value_info("data", elem, None), helper.make_tensor_value_info("rows", TensorProto.INT64, [None])],
-        [helper.make_tensor_value_info("out", elem, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=providers)
 
 
 def device_of(session: ort.InferenceSession) -> str:
@@ -164,7 +153,13 @@ class EncoderDecoderRuntime:
         self.layers = self.config["decoder"]["layers"]
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name.startswith("past_key_values"))
         self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
-        self.gather = gather_session(self.float_type, self.decoder.get_providers(), options)
+        inputs = {i.name for i in self.decoder.get_inputs()}
+        missing = [name for name in ("beam_rows", "past_offset", "top_k") if name not in inputs]
+        if missing:
+            raise RuntimeError(f"{self.directory / 'decoder.onnx'} has no {', '.join(missing)} input: it was exported "
+                               "before the decoder's step interface (in-graph cache reorder and top-k); export the "
+                               "repository again (make export)")
+        self.present_names = kv_names("present", self.layers)
         self.options = options
         self._attention: ort.InferenceSession | None = None  # made on first use (return_attention)
         self._attention_lock = threading.Lock()
@@ -172,6 +167,33 @@ class EncoderDecoderRuntime:
     @property
     def device(self) -> str:
         return device_of(self.decoder)
+
+    def to_device(self, array: np.ndarray) -> ort.OrtValue:
+        """``array`` where the decoder runs (on CPU the OrtValue shares the numpy array's memory: no copy)."""
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.options.cuda_device_id)
+
+    def run_step(self, feed: Mapping, logits: bool = False) -> tuple:
+        """One decoder step through IOBinding: ``feed`` from ``decoder_feed`` (numpy arrays are bound as host inputs,
+        OrtValues where they are) → ``(top_ids (B, k) int64, top_logp (B, k) float32, present: 2L OrtValues on the
+        decoder's device[, logits (B, V) float32])``. Only the top-k (and the logits, when asked) are copied to the host."""
+        binding = self.decoder.io_binding()
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        names = ["top_ids", "top_logp"] + (["logits"] if logits else [])
+        for name in names:
+            binding.bind_output(name, "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device, self.options.cuda_device_id)
+        self.decoder.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        top_ids, top_logp = out[0].numpy(), out[1].numpy().astype(np.float32, copy=False)
+        present = out[len(names):]
+        if logits:
+            return top_ids, top_logp, present, out[2].numpy().astype(np.float32, copy=False)
+        return top_ids, top_logp, present
 
     def encode(self, inputs: np.ndarray, source_mask: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Encoder input (token ids ``(B, S)`` or images ``(B, 1, H, W)``) → cross K/V per layer (k₀…, v₀…) and mask ``(B, S)``."""
@@ -258,6 +280,12 @@ class _Interruptible:
             raise Interrupted("decoding interrupted")
         return self.inner.logits(tokens)
 
+    def candidates(self, tokens: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.interrupted():
+            self.inner.release()
+            raise Interrupted("decoding interrupted")
+        return self.inner.candidates(tokens, c)
+
     def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
         self.inner.rearrange_kv_cache(source_rows)
 
@@ -266,72 +294,52 @@ class _Interruptible:
 
 
 class OrtInference:
-    """One batch being decoded on ONNX Runtime: the ``Inference`` interface of ``service.decoding``."""
+    """One batch being decoded on ONNX Runtime: the ``Inference`` interface of ``service.decoding``, through the same
+    ``run_step`` as the engine (the cache stays on the device; a beam reorder is the next step's ``beam_rows``)."""
 
     def __init__(self, runtime: EncoderDecoderRuntime, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
         self.rt, self.layers = runtime, runtime.layers
-        self.device = runtime.device
         cfg = runtime.config["decoder"]
-        self.heads, self.head_dim = cfg["heads"], cfg["head_dim"]
-        self.batch = cross_mask.shape[0]
         self.step = 0
-        self.binding = runtime.decoder.io_binding()
-        self.present_names = kv_names("present", self.layers)
         self._set_source(cross_kv, cross_mask)
-        empty = np.zeros((self.batch, self.heads, 0, self.head_dim), dtype=runtime.float_type)
-        self.past: list[ort.OrtValue] = [self._to_device(empty) for _ in range(2 * self.layers)]
-
-    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+        self.rows = np.arange(self.batch, dtype=np.int64)  # the cache row each row continues from, next step
+        empty = np.zeros((self.batch, cfg["heads"], 0, cfg["head_dim"]), dtype=runtime.float_type)
+        self.past: list = [runtime.to_device(empty) for _ in range(2 * self.layers)]
+        self.top: tuple[np.ndarray, np.ndarray] | None = None  # the last step's (top_ids, top_logp)
 
     def _set_source(self, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
+        self.cross_host = [np.ascontiguousarray(a) for a in cross_kv]
         self.cross_mask = np.ascontiguousarray(cross_mask.astype(bool))
-        self.cross = [self._to_device(a) for a in cross_kv]  # uploaded once, reused every step
-        self.cross_mask_value = self._to_device(self.cross_mask)
+        self.cross = [self.rt.to_device(a) for a in self.cross_host]  # uploaded once per set of rows
+        self.batch = len(self.cross_mask)
 
-    def _gather(self, value: ort.OrtValue, rows: ort.OrtValue) -> ort.OrtValue:
-        binding = self.rt.gather.io_binding()
-        binding.bind_ortvalue_input("data", value)
-        binding.bind_ortvalue_input("rows", rows)
-        binding.bind_output("out", self.device)
-        self.rt.gather.run_with_iobinding(binding)
-        return binding.get_outputs()[0]
-
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32."""
-        b = self.binding
+    def logits(self, tokens: np.ndarray, top_k: int = 1) -> np.ndarray:
+        """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32 (each row's
+        ``top_k`` best candidates are kept in ``self.top``)."""
         feed = decoder_feed(tokens.reshape(-1, 1).astype(np.int64), np.full((self.batch, 1), self.step, dtype=np.int64),
-                            np.ones((self.batch, self.step + 1), dtype=bool), self.cross_mask_value, self.past, self.cross)
-        for name, value in feed.items():
-            if isinstance(value, np.ndarray):
-                b.bind_cpu_input(name, value)
-            else:
-                b.bind_ortvalue_input(name, value)
-        b.bind_output("logits", "cpu")
-        for name in self.present_names:
-            b.bind_output(name, self.device)  # stays on the device for the next step
-        self.rt.decoder.run_with_iobinding(b)
-        outputs = b.get_outputs()
-        self.past = list(outputs[1:])
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
+                            np.ones((self.batch, self.step + 1), dtype=bool), self.cross_mask, self.past, self.cross,
+                            rows=self.rows, top_k=top_k)
+        top_ids, top_logp, self.past, logits = self.rt.run_step(feed, logits=True)
+        self.top = (top_ids, top_logp)
+        self.rows = np.arange(self.batch, dtype=np.int64)
         self.step += 1
-        return outputs[0].numpy().astype(np.float32, copy=False)
+        return logits
+
+    def candidates(self, tokens: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Feed the last token of each row; each row's ``c`` best next tokens and their log-probabilities, best
+        first, chosen in the graph (what the engine's beam rows get)."""
+        self.logits(tokens, top_k=c)
+        return self.top
 
     def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
-        """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change.
-        Self- and cross-attention K/V are gathered on the device; only the small source mask is on the host."""
-        rows = self._to_device(np.asarray(source_rows, dtype=np.int64))
-        self.past = [self._gather(v, rows) for v in self.past]
-        self.cross = [self._gather(v, rows) for v in self.cross]
-        self.cross_mask = np.ascontiguousarray(self.cross_mask[source_rows])
-        self.cross_mask_value = self._to_device(self.cross_mask)
-        self.batch = len(source_rows)
+        """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change. The self-attention
+        cache is gathered by the next step's graph; cross-attention K/V are gathered on the host and uploaded again."""
+        source_rows = np.asarray(source_rows, dtype=np.int64)
+        self.rows = self.rows[source_rows]
+        self._set_source([a[source_rows] for a in self.cross_host], self.cross_mask[source_rows])
 
     def release(self) -> None:
-        self.past, self.cross = [], []
-        self.binding.clear_binding_inputs()
-        self.binding.clear_binding_outputs()
+        self.past, self.cross, self.cross_host = [], [], []
 
 
 def load_config(directory: str | Path) -> Mapping:

@@ -1,4 +1,7 @@
-"""The running batch's rows and caches (numpy only, no model): placement, beam reorder, compaction, idle rows."""
+"""The running batch's rows and caches (numpy only, no model): placement, beam reorder, compaction, idle rows.
+
+``step`` plays the decoder graph's part (``export/step_io.py``): it gathers the cache's rows by ``beam_rows``, drops
+``past_offset`` leading columns, and appends one column; the batch itself never edits the cache."""
 
 import numpy as np
 
@@ -15,10 +18,12 @@ def encoded(n: int, source_len: int, fill: float):
 
 
 def step(batch: KVBatch, value: float) -> None:
-    """What a decoder step does to the cache: one more column, here filled with each row's index + ``value``."""
+    """What a decoder step does to the cache: rows gathered, dead columns dropped, one more column, here filled
+    with each row's index + ``value``."""
     feed, self_mask = batch.feed()
+    past = [p[feed["beam_rows"]][:, :, int(feed["past_offset"][0]):] for p in batch.past]
     rows = np.arange(len(batch), dtype=np.float32)[:, None, None, None]
-    present = [np.concatenate([p, np.broadcast_to(rows + value, (len(batch), HEADS, 1, DH))], axis=2) for p in batch.past]
+    present = [np.concatenate([p, np.broadcast_to(rows + value, (len(batch), HEADS, 1, DH))], axis=2) for p in past]
     assert feed["position_ids"].shape == (len(batch), 1) and self_mask.shape[1] == present[0].shape[2]
     batch.advanced(present, self_mask)
 
@@ -44,7 +49,10 @@ def test_beam_rows_continue_from_the_rows_they_were_told():
     batch.place([beam], *encoded(1, 3, 1.0), slots=[])
     step(batch, 10.0)  # row i's column holds 10 + i
     batch.reorder(np.array([0, 2]), np.array([1, 1]))  # rows 0 and 2 continue from row 1
-    assert batch.past[0][:, 0, -1, 0].tolist() == [11.0, 11.0, 11.0]
+    assert batch.rows.tolist() == [1, 1, 1]  # the next step's beam_rows: the cache itself is not touched here
+    step(batch, 20.0)
+    assert batch.past[0][:, 0, -2, 0].tolist() == [11.0, 11.0, 11.0]
+    assert batch.past[0][:, 0, -1, 0].tolist() == [20.0, 21.0, 22.0] and batch.rows.tolist() == [0, 1, 2]
 
 
 def test_finished_rows_are_reused_in_place_idle_or_compacted():
@@ -56,11 +64,14 @@ def test_finished_rows_are_reused_in_place_idle_or_compacted():
     batch.place([newcomer], *encoded(1, 4, 3.0), slots=[2])  # takes the row of a finished sequence
     assert batch.owner[2] is newcomer and len(batch) == 8 and not batch.valid[2].any()
     assert (batch.cross[0][2] == 3.0).all() and batch.last[2] == BOS
+    assert batch.feed()[0]["cross.0.key"] is batch.feed()[0]["cross.0.key"]  # uploaded once, until the rows change
     batch.idle([5])  # a finished row left in place: it keeps no columns
     assert not batch.valid[5].any() and batch.valid[0].all()
     batch.keep([0, 1, 2])
-    assert batch.owner == seqs[:2] + [newcomer] and batch.past[0].shape[0] == 3 and newcomer.rows == [2]
-    batch.keep([2])  # only the newcomer: the columns only the others used are trimmed
-    assert batch.valid.shape == (1, 0) and batch.past[0].shape == (1, HEADS, 0, DH)
+    assert batch.owner == seqs[:2] + [newcomer] and batch.rows.tolist() == [0, 1, 2] and newcomer.rows == [2]
+    batch.keep([2])  # only the newcomer: the columns only the others used are dropped by the next step
+    assert batch.valid.shape == (1, 0) and batch.rows.tolist() == [2] and batch.offset == 1
+    step(batch, 5.0)
+    assert batch.past[0].shape == (1, HEADS, 1, DH) and batch.past[0][0, 0, 0, 0] == 5.0
     batch.keep([])
     assert len(batch) == 0 and batch.valid.shape == (0, 0)

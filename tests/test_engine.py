@@ -274,17 +274,15 @@ def test_max_new_tokens_is_clamped_to_the_model_positions(repo):
     assert [s.future.result() for s in seqs] == rt.generate(images, None, DecodingOptions(max_new_tokens=40))
 
 
-class Faulty:
-    """A decoder session that fails any run whose batch holds a source of ``poison`` tokens (as a broken input or a
+def faulty(run_step, poison: int):
+    """A decoder step that fails any run whose batch holds a source of ``poison`` tokens (as a broken input or a
     kernel fault would)."""
 
-    def __init__(self, session, poison: int):
-        self.session, self.poison = session, poison
-
-    def run(self, names, feeds):
-        if (feeds["cross_mask"].sum(axis=1) == self.poison).any():
+    def run(feeds, **kw):
+        if (feeds["cross_mask"].sum(axis=1) == poison).any():
             raise RuntimeError("injected fault")
-        return self.session.run(names, feeds)
+        return run_step(feeds, **kw)
+    return run
 
 
 def test_a_step_that_fails_for_one_sequence_fails_only_that_request(translator):
@@ -292,7 +290,7 @@ def test_a_step_that_fails_for_one_sequence_fails_only_that_request(translator):
     texts = ["Friday, March 14, 2025", "nine hundred and ninety-nine", "one"]
     poison = ids(tok, "The meeting is on Wednesday, September 27, 2084.")
     assert len(poison) not in {len(ids(tok, t)) for t in texts}
-    session, rt.decoder = rt.decoder, Faulty(rt.decoder, len(poison))
+    rt.run_step = faulty(rt.run_step, len(poison))
     try:
         engine = DecodeEngine(rt, EngineOptions(max_batch=8, auto_width=False)).start()
         good = [engine.submit(Sequence(ids(tok, t), 100)) for t in texts[:2]]
@@ -304,7 +302,7 @@ def test_a_step_that_fails_for_one_sequence_fails_only_that_request(translator):
         after = engine.submit(Sequence(ids(tok, "one"), 100)).future.result(timeout=30)  # the loop runs on
         engine.stop()
     finally:
-        rt.decoder = session
+        del rt.run_step
     assert bad.finish_reason == "error" and outputs == offline(rt, tok, texts) and tok.decode(after) == "un"
 
 
@@ -340,3 +338,25 @@ def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(t
     assert sampled == sizes.count("decoder_step")
     expected = steps / DECODER_STEP_SAMPLE  # binomial: the bounds below are > 5 standard deviations away
     assert steps >= 1500 and expected / 2 < sampled < expected * 2, (steps, sampled)
+
+
+@pytest.mark.parametrize("beam, n", [(1, None), (4, 256)])
+def test_the_whole_test_split_through_the_engine_equals_the_offline_search(translator, beam, n):
+    """Rows join and leave mid-flight (waves of 48 sources into a batch of 32), so every step's ``beam_rows`` and
+    ``past_offset`` carry reorders, newcomers, compactions and dropped columns; the offline search (checked
+    token-identical to PyTorch greedy on this split by the export) decodes each wave as one padded batch."""
+    rt, tok = translator
+    texts = [s for s, _ in T.build_corpus()["test"]][:n]
+    engine = DecodeEngine(rt, EngineOptions(max_batch=32, auto_width=False, max_queue=10**6, max_queue_wait_s=3600))
+    got, want = [], []
+    for i in range(0, len(texts), 48):
+        wave = texts[i : i + 48]
+        seqs = engine.submit_all([Sequence(ids(tok, t), 100, beam_size=beam, length_penalty=1.0) for t in wave])
+        run_until_idle(engine, limit=10_000)
+        got += [s.future.result() for s in seqs]
+        rows = [ids(tok, t) for t in wave]
+        src = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+        for j, r in enumerate(rows):
+            src[j, : len(r)] = r
+        want += rt.generate(src, src != 0, DecodingOptions(beam_size=beam, max_new_tokens=100))
+    assert len(got) == len(texts) and sum(g == w for g, w in zip(got, want)) == len(texts)

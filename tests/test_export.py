@@ -56,8 +56,8 @@ def test_encoder_and_decoder_interfaces(repo, name):
     kv = lambda prefix: {f"{prefix}.{i}.{t}" for i in range(layers) for t in ("key", "value")}
     assert {o.name for o in enc.graph.output} == kv("cross")
     dec_in, dec_out = {i.name for i in dec.graph.input}, {o.name for o in dec.graph.output}
-    assert kv("past_key_values") | kv("cross") <= dec_in
-    assert dec_out == kv("present") | {"logits"}
+    assert kv("past_key_values") | kv("cross") | {"beam_rows", "past_offset", "top_k"} <= dec_in
+    assert dec_out == kv("present") | {"logits", "top_ids", "top_logp"}
     past = next(i for i in dec.graph.input if i.name == "past_key_values.0.key")
     dims = [d.dim_param or d.dim_value for d in past.type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and isinstance(dims[2], str)  # dynamic batch and past length

@@ -3,9 +3,15 @@
 Sequences of different ages share one batch through the decoder's ``self_mask`` and ``position_ids``: the batch
 holds one self-attention cache ``(B, H, P, Dh)`` per layer in which each row has its own valid columns (a row
 admitted late starts with all earlier columns masked out), and one cross-attention K/V ``(B, H, S, Dh)`` per layer
-with a source mask. A beam request owns ``beam_size`` rows; after each step its rows are reordered in place (row
-``i`` continues from row ``src[i]`` of the same request), so beams of different requests and greedy rows decode
-in one step. Newcomers take finished rows in place; columns no live row uses are trimmed whenever rows change.
+with a source mask. A beam request owns ``beam_size`` rows; after each step its rows are reordered (row ``i``
+continues from row ``src[i]`` of the same request), so beams of different requests and greedy rows decode in one
+step. Newcomers take finished rows in place; columns no live row uses are dropped whenever rows change.
+
+The self-attention cache is what the last step returned (``present.*``, OrtValues on the decoder's device) and is
+never edited here: every change to its rows or columns is written down as the next step's ``beam_rows`` (which
+cache row each row continues from) and ``past_offset`` (leading columns dropped), and the decoder graph applies them
+(``export/step_io.py``). The host keeps only the masks, the last tokens, and the cross-attention K/V, which change
+when rows do and are uploaded (``upload``) once per change, not per step.
 """
 
 from __future__ import annotations
@@ -16,15 +22,19 @@ from service.runtime import decoder_feed
 
 
 class KVBatch:
-    def __init__(self, layers: int, bos: int) -> None:
+    def __init__(self, layers: int, bos: int, upload=None) -> None:
         self.layers, self.bos = layers, bos
+        self.upload = upload or (lambda array: array)  # host array → what the decoder is fed (an OrtValue on its device)
         self.clear()
 
     def clear(self) -> None:
         self.owner: list = []  # the Sequence of each row
-        self.past: list[np.ndarray] = []  # 2L arrays (B, H, P, Dh): keys of every layer, then values
-        self.valid = np.zeros((0, 0), dtype=bool)  # (B, P): which cache columns belong to each row
-        self.cross: list[np.ndarray] = []  # 2L arrays (B, H, S, Dh)
+        self.past: list = []  # 2L (R, H, P₀, Dh), keys of every layer then values: the last step's present.*
+        self.rows = np.zeros(0, dtype=np.int64)  # (B,) the row of ``past`` each row continues from, next step
+        self.offset = 0  # leading columns of ``past`` the next step drops
+        self.valid = np.zeros((0, 0), dtype=bool)  # (B, P₀ - offset): which cache columns belong to each row
+        self.cross: list[np.ndarray] = []  # 2L host arrays (B, H, S, Dh)
+        self._cross_fed: list | None = None  # ``cross`` uploaded, until the rows change
         self.cross_mask = np.zeros((0, 0), dtype=bool)  # (B, S)
         self.last = np.zeros(0, dtype=np.int64)  # (B,) token fed at the next step
 
@@ -51,8 +61,10 @@ class KVBatch:
             cross, mask = [a[repeat] for a in cross], mask[repeat]
         owners = [s for s in seqs for _ in range(s.width)]
         heads, head_dim = cross[0].shape[1], cross[0].shape[3]
+        self._cross_fed = None
         if not self.owner:
-            self.past = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
+            self.past = [np.zeros((len(owners), heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
+            self.rows, self.offset = np.zeros(0, dtype=np.int64), 0
             self.cross = [np.zeros((0, heads, 0, head_dim), dtype=cross[0].dtype) for _ in range(2 * self.layers)]
             self.valid, self.cross_mask = np.zeros((0, 0), dtype=bool), np.zeros((0, 0), dtype=bool)
         k = min(len(slots), len(owners))
@@ -62,9 +74,7 @@ class KVBatch:
                 grow = s_new - self.cross_mask.shape[1]
                 self.cross = [np.pad(a, ((0, 0), (0, 0), (0, grow), (0, 0))) for a in self.cross]
                 self.cross_mask = np.pad(self.cross_mask, ((0, 0), (0, grow)))
-            for a in self.past:
-                a[rows] = 0
-            self.valid[rows] = False
+            self.valid[rows] = False  # the row keeps its cache columns, masked out: nothing to copy
             for a, new in zip(self.cross, cross):
                 a[rows] = 0
                 a[rows, :, :s_new] = new[:k]
@@ -79,7 +89,9 @@ class KVBatch:
             s_old, s_new = self.cross_mask.shape[1], mask.shape[1]
             s = max(s_old, s_new)
             pad_s = lambda a, width: np.pad(a, ((0, 0), (0, 0), (0, width - a.shape[2]), (0, 0)))
-            self.past = [np.concatenate([a, np.zeros((b_new, heads, p, head_dim), dtype=a.dtype)]) for a in self.past]
+            # a new row continues from any cache row, all of it masked out: the first one (in a new batch, its own)
+            start = np.zeros(b_new, dtype=np.int64) if len(self.rows) else np.arange(b_new, dtype=np.int64)
+            self.rows = np.concatenate([self.rows, start])
             self.valid = np.concatenate([self.valid, np.zeros((b_new, p), dtype=bool)])
             self.cross = [np.concatenate([pad_s(old, s), pad_s(new, s)]) for old, new in zip(self.cross, cross)]
             self.cross_mask = np.concatenate([np.pad(self.cross_mask, ((0, 0), (0, s - s_old))),
@@ -95,9 +107,9 @@ class KVBatch:
             return
         idx = np.asarray(rows, dtype=np.int64)
         self.owner = [self.owner[i] for i in rows]
-        self.past = [a[idx] for a in self.past]
+        self.rows = self.rows[idx]
         self.valid = self.valid[idx]
-        self.cross = [a[idx] for a in self.cross]
+        self.cross, self._cross_fed = [a[idx] for a in self.cross], None
         self.cross_mask = self.cross_mask[idx]
         self.last = self.last[idx]
         self.trim()
@@ -113,31 +125,36 @@ class KVBatch:
             self.valid[rows] = False
 
     def trim(self) -> None:
-        """Drop leading cache columns no live row uses any more (views, no copy)."""
+        """Drop leading cache columns no live row uses any more (the next step's ``past_offset``)."""
         used = np.flatnonzero(self.valid.any(axis=0))
         first = int(used[0]) if len(used) else self.valid.shape[1]
         if first:
-            self.past = [a[:, :, first:] for a in self.past]
+            self.offset += first
             self.valid = self.valid[:, first:]
 
     def reorder(self, dst: np.ndarray, src: np.ndarray) -> None:
-        """Beam search: row ``dst[i]`` continues from row ``src[i]`` (rows of one request). Only the rows that change
-        are copied, in place; cross K/V and masks are the same for every row of a request."""
+        """Beam search: row ``dst[i]`` continues from row ``src[i]`` (rows of one request), from the next step's
+        ``beam_rows``; cross K/V and masks are the same for every row of a request."""
         if len(dst):
-            for a in self.past:
-                a[dst] = a[src]  # the right side is gathered into a temporary first: swaps are safe
+            self.rows[dst] = self.rows[src]  # the right side is gathered into a temporary first: swaps are safe
 
     # ------------------------------------------------------------------------------ one step
-    def feed(self, rows: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    def feed(self, rows: np.ndarray | None = None, top_k: int = 1) -> tuple[dict, np.ndarray]:
         """The decoder's inputs for every row (or only ``rows``), and the self mask the step will have made."""
-        valid, cross_mask, last, past, cross = self.valid, self.cross_mask, self.last, self.past, self.cross
-        if rows is not None:
-            valid, cross_mask, last = valid[rows], cross_mask[rows], last[rows]
-            past, cross = [a[rows] for a in past], [a[rows] for a in cross]
+        valid, cross_mask, last, beam_rows = self.valid, self.cross_mask, self.last, self.rows
+        if rows is None:
+            if self._cross_fed is None:
+                self._cross_fed = [self.upload(a) for a in self.cross]
+            cross = self._cross_fed
+        else:
+            valid, cross_mask, last, beam_rows = valid[rows], cross_mask[rows], last[rows], beam_rows[rows]
+            cross = [np.ascontiguousarray(a[rows]) for a in self.cross]
         self_mask = np.concatenate([valid, np.ones((len(last), 1), dtype=bool)], axis=1)  # the new token's column
         positions = valid.sum(axis=1, keepdims=True).astype(np.int64)  # each row's own length
-        return decoder_feed(last[:, None], positions, self_mask, cross_mask, past, cross), self_mask
+        return decoder_feed(np.ascontiguousarray(last[:, None]), positions, self_mask, cross_mask, self.past, cross,
+                            rows=beam_rows, past_offset=self.offset, top_k=top_k), self_mask
 
-    def advanced(self, present: list[np.ndarray], self_mask: np.ndarray) -> None:
-        """The step ran: its ``present.*`` are the cache (one more column, valid for every row)."""
+    def advanced(self, present: list, self_mask: np.ndarray) -> None:
+        """The step ran: its ``present.*`` are the cache, row for row (one more column, valid for every row)."""
         self.past, self.valid = list(present), self_mask
+        self.rows, self.offset = np.arange(len(self.owner), dtype=np.int64), 0

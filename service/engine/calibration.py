@@ -84,21 +84,22 @@ def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int)
         cross, cross_mask = rt.encode(np.zeros((1, 1, size, size), dtype=np.float32), None)
     widths = sorted({b for b in WIDTHS if b <= max_batch} | {max_batch})
     bos = cfg["special_tokens"]["bos"]
-    fixed = {b: ([np.repeat(a, b, axis=0) for a in cross], np.repeat(cross_mask, b, axis=0)) for b in widths}
+    fixed = {b: ([rt.to_device(np.repeat(a, b, axis=0)) for a in cross], np.repeat(cross_mask, b, axis=0)) for b in widths}
     start = {b: [rng.standard_normal((b, heads, columns(b), head_dim)).astype(rt.float_type) for _ in range(2 * layers)]
              for b in widths}
 
     def timed(b: int) -> float:
         past, took = start[b], 0.0
         cross_b, mask_b = fixed[b]
+        p = past[0].shape[2]
         for k in range(chain + 1):
-            p = past[0].shape[2]
             feed = decoder_feed(np.full((b, 1), bos, dtype=np.int64), np.full((b, 1), p, dtype=np.int64),
                                 np.ones((b, p + 1), dtype=bool), mask_b, past, cross_b)
             began = time.perf_counter()
-            past = rt.decoder.run(None, feed)[1:]  # present.*: the next step's cache
+            past = rt.run_step(feed)[2]  # present.*: the next step's cache, where the step left it
             if k:
                 took += time.perf_counter() - began
+            p += 1
         return took / chain
 
     ratios: dict[int, list[float]] = {b: [] for b in widths}

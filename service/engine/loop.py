@@ -27,7 +27,7 @@ import numpy as np
 from service.engine.batch import KVBatch
 from service.engine.calibration import choose_width, step_seconds
 from service.engine.scheduler import EngineOptions, QueueFull, Scheduler, Sequence
-from service.engine.search import BeamState, log_softmax_top
+from service.engine.search import BeamState
 from service.metrics import DECODER_STEP_SAMPLE, metrics
 from service.runtime import EncoderDecoderRuntime
 
@@ -53,7 +53,7 @@ class DecodeEngine:
         self.lock = threading.Condition()
         self._calibration_done = threading.Condition(self.lock)
         self.scheduler = Scheduler(options)
-        self.batch = KVBatch(runtime.layers, self.bos)
+        self.batch = KVBatch(runtime.layers, self.bos, upload=runtime.to_device)
         self._options = options
         self.running, self.thread = False, None
         self.steps, self._failures = 0, 0
@@ -187,9 +187,9 @@ class DecodeEngine:
         self._schedule()
         if not len(self.batch):
             return
-        logits = self._execute()
-        if logits is not None:
-            self._update(logits)
+        top = self._execute()
+        if top is not None:
+            self._update(*top)
             self.steps += 1
             if len(self.batch) >= self.batch_limit:
                 with self.lock:
@@ -261,13 +261,17 @@ class DecodeEngine:
             return self.rt.encode(src, src != self.pad)
         return self.rt.encode(np.stack([s.source for s in seqs]).astype(np.float32), None)
 
-    def _execute(self) -> np.ndarray | None:
-        """One decoder step for the whole batch → logits ``(B, V)``; None if it failed (the sequences it failed for
-        are failed, the rest step again next time)."""
-        feed, self_mask = self.batch.feed()
+    def _candidates(self) -> int:
+        """Next-token candidates each row needs this step: 1 (greedy), or 2K for the widest beam request."""
+        return max((2 * s.beam_size for s in self.batch.sequences() if s.search is not None), default=1)
+
+    def _execute(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """One decoder step for the whole batch → each row's best next tokens and their log-probabilities, best
+        first ``(B, c)``; None if it failed (the sequences it failed for are failed, the rest step again next time)."""
+        feed, self_mask = self.batch.feed(top_k=self._candidates())
         started = time.monotonic()
         try:
-            outputs = self.rt.decoder.run(None, feed)
+            top_ids, top_logp, present = self.rt.run_step(feed)
         except Exception as error:
             self._isolate(error)
             return None
@@ -276,8 +280,8 @@ class DecodeEngine:
         if self._step_sampler.random() * DECODER_STEP_SAMPLE < 1:
             self.metrics.observe("inference_compute_duration_seconds", took, model=self.model, stage="decoder_step")
             self.metrics.observe("inference_batch_size", len(self.batch), model=self.model, stage="decoder_step")
-        self.batch.advanced(outputs[1:], self_mask)
-        return outputs[0]
+        self.batch.advanced(present, self_mask)
+        return top_ids, top_logp
 
     def _isolate(self, error: Exception) -> None:
         """A batch step failed: run each sequence's rows alone and fail the sequences that fail alone."""
@@ -286,7 +290,7 @@ class DecodeEngine:
             if seq.finish_reason is not None:
                 continue
             try:
-                self.rt.decoder.run(None, self.batch.feed(np.asarray(seq.rows))[0])
+                self.rt.run_step(self.batch.feed(np.asarray(seq.rows))[0])
             except Exception as alone:
                 self._fail(seq, f"a decoding step failed for this request: {alone}")
                 blamed += 1
@@ -295,16 +299,11 @@ class DecodeEngine:
             self._failures = 0
             raise RuntimeError(f"{MAX_STEP_FAILURES} decoder steps failed in a row: {error}")
 
-    def _update(self, logits: np.ndarray) -> None:
-        owners, batch = self.batch.owner, self.batch
-        greedy = np.fromiter((s.search is None for s in owners), dtype=bool, count=len(owners))
-        nxt = np.where(greedy, logits.argmax(-1), batch.last)
-        beam_rows = np.flatnonzero(~greedy)
-        if len(beam_rows):  # every beam row's candidates at once: one top-k and log-normaliser for the step
-            widest = max(owners[i].beam_size for i in beam_rows)
-            top_tokens, top_logp = log_softmax_top(logits[beam_rows], 2 * widest)
-            at = np.zeros(len(owners), dtype=np.int64)
-            at[beam_rows] = np.arange(len(beam_rows))  # batch row → its row in top_*
+    def _update(self, top_tokens: np.ndarray, top_logp: np.ndarray) -> None:
+        """The step's candidates ``(B, c)`` (chosen in the graph): greedy rows take the first, each beam request
+        advances its search over its rows' candidates."""
+        batch = self.batch
+        nxt = top_tokens[:, 0].copy()
         dst, src = [], []
         for seq in batch.sequences():
             if seq.finish_reason is not None:
@@ -325,7 +324,7 @@ class DecodeEngine:
                     self._finish(seq, "length")
                 continue
             rows = np.asarray(seq.rows)
-            beams, tokens, done = seq.search.advance_top(top_tokens[at[rows]], top_logp[at[rows]])
+            beams, tokens, done = seq.search.advance_top(top_tokens[rows], top_logp[rows])
             nxt[rows] = tokens
             moved = beams != np.arange(len(rows))
             dst.extend(rows[moved])
