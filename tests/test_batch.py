@@ -1,7 +1,7 @@
 """The running batch's rows and caches (numpy only, no model): placement, beam reorder, compaction, idle rows.
 
-``step`` plays the decoder graph's part (``export/step_io.py``): it gathers the cache's rows by ``beam_rows``, drops
-``past_offset`` leading columns, and appends one column; the batch itself never edits the cache."""
+``step`` plays the decoder's part: it appends one column to the cache the batch feeds (after the batch applied its
+pending row and column edits, here in place on numpy, as on the CPU)."""
 
 import numpy as np
 
@@ -21,7 +21,7 @@ def step(batch: KVBatch, value: float) -> None:
     """What a decoder step does to the cache: rows gathered, dead columns dropped, one more column, here filled
     with each row's index + ``value``."""
     feed, self_mask = batch.feed()
-    past = [p[feed["beam_rows"]][:, :, int(feed["past_offset"][0]):] for p in batch.past]
+    past = [feed[f"past_key_values.0.{kind}"] for kind in ("key", "value")]
     rows = np.arange(len(batch), dtype=np.float32)[:, None, None, None]
     present = [np.concatenate([p, np.broadcast_to(rows + value, (len(batch), HEADS, 1, DH))], axis=2) for p in past]
     assert feed["position_ids"].shape == (len(batch), 1) and self_mask.shape[1] == present[0].shape[2]
@@ -49,7 +49,7 @@ def test_beam_rows_continue_from_the_rows_they_were_told():
     batch.place([beam], *encoded(1, 3, 1.0), slots=[])
     step(batch, 10.0)  # row i's column holds 10 + i
     batch.reorder(np.array([0, 2]), np.array([1, 1]))  # rows 0 and 2 continue from row 1
-    assert batch.rows.tolist() == [1, 1, 1]  # the next step's beam_rows: the cache itself is not touched here
+    assert batch.rows.tolist() == [1, 1, 1]  # applied before the next step
     step(batch, 20.0)
     assert batch.past[0][:, 0, -2, 0].tolist() == [11.0, 11.0, 11.0]
     assert batch.past[0][:, 0, -1, 0].tolist() == [20.0, 21.0, 22.0] and batch.rows.tolist() == [0, 1, 2]

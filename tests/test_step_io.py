@@ -1,5 +1,5 @@
-"""The decoder's serving interface (``export/step_io.py``) on the exported translator: rows gathered and dead
-columns dropped inside the graph, exactly as host numpy would; top-k equal to the host's choice from the logits."""
+"""The decoder's serving interface (``export/step_io.py``) on the exported translator: each row's top-k next tokens
+and their log-probabilities chosen in the graph, exactly as the host would choose them from the logits."""
 
 import numpy as np
 import onnx
@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from export.step_io import STEP_INPUTS, STEP_OUTPUTS, add_step_io, has_step_io
-from service.runtime import decoder_feed, kv_names
+from service.runtime import decoder_feed
 
 LAYERS, HEADS, DH = 3, 4, 32
 
@@ -28,25 +28,18 @@ def test_the_interface_is_added_once(repo, tmp_path):
     assert set(STEP_INPUTS) <= {i.name for i in model.graph.input}
 
 
-def test_rows_and_columns_are_chosen_in_the_graph_as_numpy_would(decoder):
+@pytest.mark.parametrize("k", [1, 8])
+def test_the_top_k_and_their_log_probabilities_are_the_hosts(decoder, k):
     rng = np.random.default_rng(0)
-    r, p, s, b, offset = 3, 6, 5, 4, 2
-    past = [rng.standard_normal((r, HEADS, p, DH), dtype=np.float32) for _ in range(2 * LAYERS)]
+    b, p, s = 4, 6, 5
+    past = [rng.standard_normal((b, HEADS, p, DH), dtype=np.float32) for _ in range(2 * LAYERS)]
     cross = [rng.standard_normal((b, HEADS, s, DH), dtype=np.float32) for _ in range(2 * LAYERS)]
-    rows = np.array([2, 0, 0, 1])  # a reorder, a duplicate (beam), and a different row count than the cache
-    tokens, positions = np.array([[5], [6], [7], [8]]), np.full((b, 1), p - offset, dtype=np.int64)
-    mask = np.ones((b, p - offset + 1), dtype=bool)
-    names = [o.name for o in decoder.get_outputs()]
-    got = dict(zip(names, decoder.run(None, decoder_feed(tokens, positions, mask, np.ones((b, s), bool), past, cross,
-                                                         rows=rows, past_offset=offset, top_k=7))))
-    by_hand = [a[rows][:, :, offset:] for a in past]  # what the host would have done
-    want = dict(zip(names, decoder.run(None, decoder_feed(tokens, positions, mask, np.ones((b, s), bool), by_hand, cross))))
-    for name in kv_names("present", LAYERS):
-        np.testing.assert_array_equal(got[name][:, :, :-1], by_hand[kv_names("present", LAYERS).index(name)])
-        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+    feed = decoder_feed(np.array([[5], [6], [7], [8]]), np.full((b, 1), p, dtype=np.int64), np.ones((b, p + 1), bool),
+                        np.ones((b, s), bool), past, cross, top_k=k)
+    got = dict(zip([o.name for o in decoder.get_outputs()], decoder.run(None, feed)))
     logits = got["logits"].astype(np.float64)
     lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) + logits.max(-1, keepdims=True)
-    assert (got["top_ids"][:, 0] == logits.argmax(-1)).all()
-    order = np.argsort(-logits, axis=1, kind="stable")[:, :7]
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     np.testing.assert_array_equal(got["top_ids"], order)
+    assert (got["top_ids"][:, 0] == logits.argmax(-1)).all()
     np.testing.assert_allclose(got["top_logp"], np.take_along_axis(logits - lse, order, axis=1), atol=1e-5)

@@ -7,31 +7,33 @@ with a source mask. A beam request owns ``beam_size`` rows; after each step its 
 continues from row ``src[i]`` of the same request), so beams of different requests and greedy rows decode in one
 step. Newcomers take finished rows in place; columns no live row uses are dropped whenever rows change.
 
-The self-attention cache is what the last step returned (``present.*``, OrtValues on the decoder's device) and is
-never edited here: every change to its rows or columns is written down as the next step's ``beam_rows`` (which
-cache row each row continues from) and ``past_offset`` (leading columns dropped), and the decoder graph applies them
-(``export/step_io.py``). The host keeps only the masks, the last tokens, and the cross-attention K/V, which change
-when rows do and are uploaded (``upload``) once per change, not per step.
+The self-attention cache is what the last step returned (``present.*``, OrtValues on the decoder's device). Changes
+to its rows or columns are written down as ``rows`` (which cache row each row continues from) and ``offset``
+(leading columns dropped), and applied once, before the next step, where the cache lives (``edit``:
+``service.cache_edit.CacheEditor``; nothing to do on most steps). The host keeps the masks, the last tokens, and the
+cross-attention K/V, which change when rows do and are uploaded (``upload``) once per change, not per step.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from service.cache_edit import edit_in_place, rows_of
 from service.runtime import decoder_feed
 
 
 class KVBatch:
-    def __init__(self, layers: int, bos: int, upload=None) -> None:
+    def __init__(self, layers: int, bos: int, upload=None, edit=None) -> None:
         self.layers, self.bos = layers, bos
         self.upload = upload or (lambda array: array)  # host array → what the decoder is fed (an OrtValue on its device)
+        self.edit = edit or edit_in_place  # (cache, rows, offset) → the edited cache, where it lives
         self.clear()
 
     def clear(self) -> None:
         self.owner: list = []  # the Sequence of each row
         self.past: list = []  # 2L (R, H, P₀, Dh), keys of every layer then values: the last step's present.*
-        self.rows = np.zeros(0, dtype=np.int64)  # (B,) the row of ``past`` each row continues from, next step
-        self.offset = 0  # leading columns of ``past`` the next step drops
+        self.rows = np.zeros(0, dtype=np.int64)  # (B,) the row of ``past`` each row continues from (edited before a step)
+        self.offset = 0  # leading columns of ``past`` dropped before the next step
         self.valid = np.zeros((0, 0), dtype=bool)  # (B, P₀ - offset): which cache columns belong to each row
         self.cross: list[np.ndarray] = []  # 2L host arrays (B, H, S, Dh)
         self._cross_fed: list | None = None  # ``cross`` uploaded, until the rows change
@@ -125,7 +127,7 @@ class KVBatch:
             self.valid[rows] = False
 
     def trim(self) -> None:
-        """Drop leading cache columns no live row uses any more (the next step's ``past_offset``)."""
+        """Drop leading cache columns no live row uses any more (before the next step)."""
         used = np.flatnonzero(self.valid.any(axis=0))
         first = int(used[0]) if len(used) else self.valid.shape[1]
         if first:
@@ -133,26 +135,37 @@ class KVBatch:
             self.valid = self.valid[:, first:]
 
     def reorder(self, dst: np.ndarray, src: np.ndarray) -> None:
-        """Beam search: row ``dst[i]`` continues from row ``src[i]`` (rows of one request), from the next step's
-        ``beam_rows``; cross K/V and masks are the same for every row of a request."""
+        """Beam search: row ``dst[i]`` continues from row ``src[i]`` (rows of one request), edited before the next
+        step; cross K/V and masks are the same for every row of a request."""
         if len(dst):
             self.rows[dst] = self.rows[src]  # the right side is gathered into a temporary first: swaps are safe
 
     # ------------------------------------------------------------------------------ one step
     def feed(self, rows: np.ndarray | None = None, top_k: int = 1) -> tuple[dict, np.ndarray]:
         """The decoder's inputs for every row (or only ``rows``), and the self mask the step will have made."""
-        valid, cross_mask, last, beam_rows = self.valid, self.cross_mask, self.last, self.rows
+        self._apply_edits()
+        valid, cross_mask, last = self.valid, self.cross_mask, self.last
         if rows is None:
             if self._cross_fed is None:
                 self._cross_fed = [self.upload(a) for a in self.cross]
             cross = self._cross_fed
         else:
-            valid, cross_mask, last, beam_rows = valid[rows], cross_mask[rows], last[rows], beam_rows[rows]
+            valid, cross_mask, last = valid[rows], cross_mask[rows], last[rows]
             cross = [np.ascontiguousarray(a[rows]) for a in self.cross]
         self_mask = np.concatenate([valid, np.ones((len(last), 1), dtype=bool)], axis=1)  # the new token's column
         positions = valid.sum(axis=1, keepdims=True).astype(np.int64)  # each row's own length
-        return decoder_feed(np.ascontiguousarray(last[:, None]), positions, self_mask, cross_mask, self.past, cross,
-                            rows=beam_rows, past_offset=self.offset, top_k=top_k), self_mask
+        past = self.past if rows is None else self.edit(self.past, np.asarray(rows, dtype=np.int64), 0)
+        return decoder_feed(np.ascontiguousarray(last[:, None]), positions, self_mask, cross_mask, past, cross,
+                            top_k=top_k), self_mask
+
+    def _apply_edits(self) -> None:
+        """Rows and columns changed since the last step: edit the cache once, where it lives."""
+        n = len(self.owner)
+        cached = rows_of(self.past[0]) if self.past else 0
+        identity = len(self.rows) == n == cached and (n == 0 or bool((self.rows == np.arange(n)).all()))
+        if not identity or self.offset:
+            self.past = self.edit(self.past, None if identity else self.rows, self.offset)
+            self.rows, self.offset = np.arange(n, dtype=np.int64), 0
 
     def advanced(self, present: list, self_mask: np.ndarray) -> None:
         """The step ran: its ``present.*`` are the cache, row for row (one more column, valid for every row)."""

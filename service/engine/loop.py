@@ -53,7 +53,7 @@ class DecodeEngine:
         self.lock = threading.Condition()
         self._calibration_done = threading.Condition(self.lock)
         self.scheduler = Scheduler(options)
-        self.batch = KVBatch(runtime.layers, self.bos, upload=runtime.to_device)
+        self.batch = KVBatch(runtime.layers, self.bos, upload=runtime.to_device, edit=runtime.edit_cache)
         self._options = options
         self.running, self.thread = False, None
         self.steps, self._failures = 0, 0
