@@ -39,13 +39,14 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.step_io import add_step_io
+from export.step_io import STEP_FP32_NODES, add_step_io
 from service.runtime import kv_names
 
 
 OPSET = 23
 FUSED_OPS = {("", "Attention"), ("com.microsoft", "MultiHeadAttention")}
 PRECISIONS = ("fp32", "fp16", "int8")
+FP16_IO = ("past_key_values.", "present.", "cross.")  # graph inputs/outputs that are fp16 in an fp16 export
 
 
 class ExportError(RuntimeError):
@@ -213,7 +214,12 @@ def convert_precision(path: Path, precision: str) -> None:
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        model = onnx.load(str(path))
+        io = [i.name for i in model.graph.input] + [o.name for o in model.graph.output]
+        # KV caches in fp16 (half the memory and bandwidth of every step), the rest of the interface fp32: images in,
+        # logits and log-probabilities out; the step's top-k and normaliser stay fp32 inside too
+        keep = [name for name in io if not name.startswith(FP16_IO)]
+        model = convert_float_to_float16(model, keep_io_types=keep, node_block_list=list(STEP_FP32_NODES))
         onnx.save(model, str(path))
         return
     raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")

@@ -23,6 +23,7 @@ import numpy as np
 from service import errors
 from service.contract import ClassifyJob
 from service.metrics import metrics
+from service.providers import provider_problem
 from service.runtime import RuntimeOptions, create_session, load_config
 
 
@@ -71,7 +72,17 @@ class ClassifierHost:
         return {"pid": os.getpid(), **dataclasses.asdict(self.options), "largest_batch": self.largest_batch,
                 "waiting": self._waiting}
 
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    @property
+    def provider_problem(self) -> str | None:
+        return provider_problem(self.session)
+
     def ready(self) -> bool:
+        if self.provider_problem is not None:
+            return False
         return self.session.run(None, {"images": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, len(self.labels))
 
     async def probabilities(self, job: ClassifyJob) -> np.ndarray:

@@ -58,7 +58,15 @@ class GeneratorHost:
                 "active": active, "waiting": waiting, "finished": dict(self.engine.finished)}
 
     def ready(self) -> bool:
-        return self.engine.thread is not None and self.engine.thread.is_alive()
+        return self.provider_problem is None and self.engine.thread is not None and self.engine.thread.is_alive()
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider
+
+    @property
+    def provider_problem(self) -> str | None:
+        return self.runtime.provider_problem()
 
     def stop(self) -> None:
         self.engine.stop()

@@ -30,6 +30,8 @@ SPEC = {
     "inference_requests_total": ("counter", "Requests answered, by status code", ("model", "protocol", "code"), None),
     "inference_errors_total": ("counter", "Requests answered with an error, by status code", ("model", "protocol", "code"), None),
     "inference_requests_in_flight": ("gauge", "Requests being handled at the ingress", ("model",), None),
+    "inference_execution_provider": ("gauge", "1 for the ONNX Runtime execution provider each model runs on, per replica",
+                                     ("model", "provider"), None),
     "inference_rejected_total": ("counter", "Requests refused before running (queue full, deadline passed)", ("model", "reason"), None),
     "generation_time_to_first_token_seconds": ("histogram", "Submit to first generated token", ("model",), LATENCY_BUCKETS),
     "generation_time_per_output_token_seconds": ("histogram", "Mean time per output token after the first", ("model",), TOKEN_BUCKETS),

@@ -1,24 +1,20 @@
-"""ONNX Runtime sessions: provider choice, threads, and KV-cached decoding steps.
-
-Providers come from ``ORT_PROVIDERS`` (comma-separated, in order of preference), else CUDA first when this
-onnxruntime build offers it, then CPU. Providers the installed build does not have are dropped with a
-warning, and the CPU provider is always last, so a machine without a GPU runs everything on CPU.
+"""ONNX Runtime sessions: threads, providers (chosen by ``service.providers``), and KV-cached decoding steps.
 
 A decoding step runs through IOBinding (``EncoderDecoderRuntime.run_step``): the ``present.*`` outputs stay where
-the step ran (device memory under CUDA) and are bound as the next step's ``past_key_values.*``; the graph itself
-reorders the cache's rows (``beam_rows``: beam search, finished rows, newcomers) and drops its dead columns
-(``past_offset``), and returns each row's best next tokens (``top_ids`` / ``top_logp``, ``export/step_io.py``), so
-only those come back to the host each step. Cross-attention K/V are uploaded when the batch's rows change, not per
-step. The same code runs on CPU (device ``cpu``, where binding a numpy array copies nothing), which is how it is
-tested on machines without a GPU.
+the step ran (device memory under CUDA) and are bound as the next step's ``past_key_values.*``; the graph returns
+each row's best next tokens (``top_ids`` / ``top_logp``, ``export/step_io.py``), so only those come back to the
+host each step. Between steps, changed rows and dropped columns are edited where the cache lives
+(``service.cache_edit``). Cross-attention K/V are uploaded when the batch's rows change, not per step. The same code
+runs on CPU (device ``cpu``, where binding a numpy array copies nothing), which is how it is tested on machines
+without a GPU.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.cache_edit import CacheEditor
 from service.decoding import DecodingOptions, decode
+from service.providers import DECODER_SHARE, CPU, CUDA, bench_providers, cuda_options, preload_cuda, provider_problem, select_providers  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
 def kv_names(prefix: str, layers: int) -> list[str]:
@@ -39,38 +36,17 @@ def kv_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}.{i}.key" for i in range(layers)] + [f"{prefix}.{i}.value" for i in range(layers)]
 
 
-def decoder_feed(tokens, positions, self_mask, cross_mask, past: Sequence, cross: Sequence,
-                 rows: np.ndarray | None = None, past_offset: int = 0, top_k: int = 1) -> dict:
+def decoder_feed(tokens, positions, self_mask, cross_mask, past: Sequence, cross: Sequence, top_k: int = 1) -> dict:
     """The decoder's inputs for one step, by name: the one place a feed is built (the engine's step, its
     calibration, the offline search and the attention maps all call it). ``tokens``/``positions`` ``(B, 1)``,
-    ``self_mask`` ``(B, P + 1)`` (``P``: the cache's columns after ``past_offset``), ``cross_mask`` ``(B, S)``;
-    ``past``/``cross``: 2L arrays or OrtValues, keys of every layer then values (``kv_names``); ``rows`` ``(B,)``:
-    the cache row each row continues from (default: the same row); ``top_k``: candidates returned per row."""
+    ``self_mask`` ``(B, P + 1)``, ``cross_mask`` ``(B, S)``; ``past``/``cross``: 2L arrays or OrtValues, keys of
+    every layer then values (``kv_names``); ``top_k``: next-token candidates returned per row."""
     layers = len(past) // 2
-    b = len(tokens)
-    rows = np.arange(b, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
     feed = {"input_ids": tokens, "position_ids": positions, "self_mask": self_mask, "cross_mask": cross_mask,
-            "beam_rows": rows, "past_offset": np.array([past_offset], dtype=np.int64),
             "top_k": np.array([top_k], dtype=np.int64)}
     feed.update(zip(kv_names("past_key_values", layers), past))
     feed.update(zip(kv_names("cross", layers), cross))
     return feed
-
-
-def select_providers(requested: str | None = None, available: Sequence[str] | None = None) -> list[str]:
-    """Providers to use, in order: ``requested`` (or ``$ORT_PROVIDERS``) filtered by what is available, CPU last."""
-    available = list(ort.get_available_providers() if available is None else available)
-    requested = os.environ.get("ORT_PROVIDERS") if requested is None else requested
-    wanted = [p.strip() for p in requested.split(",") if p.strip()] if requested else [CUDA, CPU]
-    chosen = []
-    for p in wanted:
-        if p in available and p not in chosen:
-            chosen.append(p)
-        elif p not in available and requested:
-            log.warning("ORT provider %s is not available in this onnxruntime build (has %s); skipping it", p, available)
-    if CPU in chosen:
-        chosen.remove(CPU)
-    return chosen + [CPU]
 
 
 @dataclass(frozen=True)
@@ -79,12 +55,14 @@ class RuntimeOptions:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 1
     cuda_device_id: int = 0
+    gpu_mem_limit: int | None = None  # bytes of GPU memory this model's sessions may hold (None: no limit)
 
 
-def bench_providers() -> tuple[str, ...]:
-    """Providers for the benchmark scripts: ``$ORT_PROVIDERS`` where set (``CUDAExecutionProvider`` on a GPU machine),
-    else CPU only, so that a CPU table never silently mixes in a GPU."""
-    return tuple(select_providers(os.environ.get("ORT_PROVIDERS", CPU)))
+def share(options: RuntimeOptions, fraction: float) -> RuntimeOptions:
+    """``options`` with ``fraction`` of its GPU memory limit (one session of a model's several)."""
+    if options.gpu_mem_limit is None:
+        return options
+    return dataclasses.replace(options, gpu_mem_limit=int(options.gpu_mem_limit * fraction))
 
 
 def create_session(path: str | Path | bytes, options: RuntimeOptions = RuntimeOptions()) -> ort.InferenceSession:
@@ -95,7 +73,9 @@ def create_session(path: str | Path | bytes, options: RuntimeOptions = RuntimeOp
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     providers = list(options.providers) if options.providers else select_providers()
-    provider_options = [{"device_id": options.cuda_device_id} if p == CUDA else {} for p in providers]
+    if CUDA in providers:
+        preload_cuda()
+    provider_options = [cuda_options(options.cuda_device_id, options.gpu_mem_limit) if p == CUDA else {} for p in providers]
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options)
 
@@ -148,21 +128,30 @@ class EncoderDecoderRuntime:
     def __init__(self, directory: str | Path, options: RuntimeOptions = RuntimeOptions()) -> None:
         self.directory = Path(directory)
         self.config = json.loads((self.directory / "config.json").read_text())
-        self.encoder = create_session(self.directory / "encoder.onnx", options)
-        self.decoder = create_session(self.directory / "decoder.onnx", options)
+        self.encoder = create_session(self.directory / "encoder.onnx", share(options, 1 - DECODER_SHARE))
+        self.decoder = create_session(self.directory / "decoder.onnx", share(options, DECODER_SHARE))
         self.layers = self.config["decoder"]["layers"]
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name.startswith("past_key_values"))
         self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
         inputs = {i.name for i in self.decoder.get_inputs()}
-        missing = [name for name in ("beam_rows", "past_offset", "top_k") if name not in inputs]
-        if missing:
-            raise RuntimeError(f"{self.directory / 'decoder.onnx'} has no {', '.join(missing)} input: it was exported "
-                               "before the decoder's step interface (in-graph cache reorder and top-k); export the "
-                               "repository again (make export)")
+        if "top_k" not in inputs:
+            raise RuntimeError(f"{self.directory / 'decoder.onnx'} has no top_k input: it was exported before the "
+                               "decoder's step interface (in-graph top-k); export the repository again (make export)")
         self.present_names = kv_names("present", self.layers)
         self.options = options
+        self._local = threading.local()
         self._attention: ort.InferenceSession | None = None  # made on first use (return_attention)
         self._attention_lock = threading.Lock()
+        self.edit_cache = CacheEditor(2 * self.layers, self.float_type, self.decoder.get_providers(), self.device,
+                                      options.cuda_device_id)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the decoder runs on."""
+        return self.decoder.get_providers()[0]
+
+    def provider_problem(self) -> str | None:
+        return provider_problem(self.encoder) or provider_problem(self.decoder)
 
     @property
     def device(self) -> str:
@@ -176,7 +165,9 @@ class EncoderDecoderRuntime:
         """One decoder step through IOBinding: ``feed`` from ``decoder_feed`` (numpy arrays are bound as host inputs,
         OrtValues where they are) → ``(top_ids (B, k) int64, top_logp (B, k) float32, present: 2L OrtValues on the
         decoder's device[, logits (B, V) float32])``. Only the top-k (and the logits, when asked) are copied to the host."""
-        binding = self.decoder.io_binding()
+        binding = getattr(self._local, "binding", None)
+        if binding is None:  # one per thread, reused: inputs are rebound each step, outputs cleared after it
+            binding = self._local.binding = self.decoder.io_binding()
         for name, value in feed.items():
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -189,6 +180,7 @@ class EncoderDecoderRuntime:
             binding.bind_output(name, self.device, self.options.cuda_device_id)
         self.decoder.run_with_iobinding(binding)
         out = binding.get_outputs()
+        binding.clear_binding_outputs()
         top_ids, top_logp = out[0].numpy(), out[1].numpy().astype(np.float32, copy=False)
         present = out[len(names):]
         if logits:
@@ -295,14 +287,14 @@ class _Interruptible:
 
 class OrtInference:
     """One batch being decoded on ONNX Runtime: the ``Inference`` interface of ``service.decoding``, through the same
-    ``run_step`` as the engine (the cache stays on the device; a beam reorder is the next step's ``beam_rows``)."""
+    ``run_step`` and cache edits as the engine (the cache stays on the device)."""
 
     def __init__(self, runtime: EncoderDecoderRuntime, cross_kv: list[np.ndarray], cross_mask: np.ndarray) -> None:
         self.rt, self.layers = runtime, runtime.layers
         cfg = runtime.config["decoder"]
         self.step = 0
         self._set_source(cross_kv, cross_mask)
-        self.rows = np.arange(self.batch, dtype=np.int64)  # the cache row each row continues from, next step
+        self.rows: np.ndarray | None = None  # the cache row each row continues from, next step (None: its own)
         empty = np.zeros((self.batch, cfg["heads"], 0, cfg["head_dim"]), dtype=runtime.float_type)
         self.past: list = [runtime.to_device(empty) for _ in range(2 * self.layers)]
         self.top: tuple[np.ndarray, np.ndarray] | None = None  # the last step's (top_ids, top_logp)
@@ -316,12 +308,12 @@ class OrtInference:
     def logits(self, tokens: np.ndarray, top_k: int = 1) -> np.ndarray:
         """Feed the last token of each row ``(B,)``; return next-token logits ``(B, V)`` as float32 (each row's
         ``top_k`` best candidates are kept in ``self.top``)."""
+        past = self.rt.edit_cache(self.past, self.rows, 0)
         feed = decoder_feed(tokens.reshape(-1, 1).astype(np.int64), np.full((self.batch, 1), self.step, dtype=np.int64),
-                            np.ones((self.batch, self.step + 1), dtype=bool), self.cross_mask, self.past, self.cross,
-                            rows=self.rows, top_k=top_k)
+                            np.ones((self.batch, self.step + 1), dtype=bool), self.cross_mask, past, self.cross, top_k=top_k)
         top_ids, top_logp, self.past, logits = self.rt.run_step(feed, logits=True)
         self.top = (top_ids, top_logp)
-        self.rows = np.arange(self.batch, dtype=np.int64)
+        self.rows = None
         self.step += 1
         return logits
 
@@ -333,9 +325,10 @@ class OrtInference:
 
     def rearrange_kv_cache(self, source_rows: np.ndarray) -> None:
         """Row ``i`` continues from row ``source_rows[i]`` (beam search); the batch size may change. The self-attention
-        cache is gathered by the next step's graph; cross-attention K/V are gathered on the host and uploaded again."""
+        cache is edited where it lives before the next step; cross-attention K/V are gathered on the host and uploaded
+        again."""
         source_rows = np.asarray(source_rows, dtype=np.int64)
-        self.rows = self.rows[source_rows]
+        self.rows = source_rows if self.rows is None else self.rows[source_rows]
         self._set_source([a[source_rows] for a in self.cross_host], self.cross_mask[source_rows])
 
     def release(self) -> None:

@@ -15,6 +15,7 @@ and load (tests, operators).
 """
 
 import asyncio
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from service.front.grpc import undecodable
 from service.front.http import app
 from service.generator import CaptionerHost, TranslatorHost
 from service.metrics import metrics
+from service.providers import gpu_memory_bytes, model_memory_limits, replica_memory_limit
 from service.runtime import RuntimeOptions
 
 def _pb(name: str):
@@ -57,10 +59,13 @@ def replica_runtime_options() -> RuntimeOptions:
     import ray
 
     try:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        assigned = ray.get_runtime_context().get_assigned_resources()
     except Exception:  # noqa: BLE001 - not in a Ray worker (a direct construction in a script)
-        cpus = 1.0
-    return RuntimeOptions(intra_op_threads=max(1, int(cpus)))
+        assigned = {}
+    cpus, gpus = assigned.get("CPU", 1.0), assigned.get("GPU", 0.0)
+    # GPU memory: the replica's num_gpus share of the device (Models splits it between the three models)
+    limit = replica_memory_limit(gpus, gpu_memory_bytes()) if gpus else None
+    return RuntimeOptions(intra_op_threads=max(1, int(cpus)), gpu_mem_limit=limit)
 
 
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The decode loops and the
@@ -77,10 +82,12 @@ class Models:
     def __init__(self, repository: str | Path, runtime_options: RuntimeOptions | None = None) -> None:
         repository = Path(repository)
         options = runtime_options or RuntimeOptions()
+        limits = model_memory_limits(options.gpu_mem_limit)  # the replica's GPU memory, split between its models
+        own = lambda name: dataclasses.replace(options, gpu_mem_limit=limits[name])
         self.contract = Contract.from_repository(repository)
-        self.classifier = ClassifierHost(repository / "classifier" / "1", options)
-        self.translator = TranslatorHost(repository / "translator" / "1", options)
-        self.captioner = CaptionerHost(repository / "captioner" / "1", options)
+        self.classifier = ClassifierHost(repository / "classifier" / "1", own("classifier"))
+        self.translator = TranslatorHost(repository / "translator" / "1", own("translator"))
+        self.captioner = CaptionerHost(repository / "captioner" / "1", own("captioner"))
 
     def host(self, name: str):
         if name not in MODELS:
@@ -102,6 +109,8 @@ class Models:
 
     def unready_reason(self, name: str) -> str:
         host = self.host(name)
+        if host.provider_problem is not None:
+            return host.provider_problem
         if hasattr(host, "engine") and not host.ready():
             return "its decode loop is not running"
         return "its ONNX Runtime session did not answer"
@@ -120,6 +129,7 @@ class Server:
         front.bind(self.models)
         for model in MODELS:  # every model's in-flight series exists (at 0) from the start
             metrics().add_gauge("inference_requests_in_flight", 0, model=model)
+            metrics().add_gauge("inference_execution_provider", 1, model=model, provider=self.models.host(model).provider)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Serve calls it before the replica takes requests (and on every changed ``user_config``); a decoder's width

@@ -36,3 +36,28 @@ def test_readiness_names_a_stopped_decode_loop(repo):
 def test_the_application_is_one_deployment_given_the_repository():
     deployment = build_app(AppArgs(repository="/models"))._bound_deployment
     assert deployment.name == "Server" and deployment.init_args == ("/models",)
+
+
+def test_a_replica_asked_for_cuda_that_runs_on_the_cpu_is_not_ready_and_says_why(repo, monkeypatch):
+    """No silent fallback: ONNX Runtime would serve on the CPU with one log line; readiness (and so Serve's health
+    check and /readyz) names the provider that was asked for and why it is missing."""
+    from starlette.testclient import TestClient
+
+    from service import front
+    from service.front.http import app
+
+    monkeypatch.setenv("ORT_PROVIDERS", "CUDAExecutionProvider")
+    m = Models(repo, RuntimeOptions(intra_op_threads=1))
+    try:
+        for name in ("translator", "classifier", "captioner"):
+            assert m.host(name).provider == "CPUExecutionProvider" and not m.ready(name)
+            reason = m.unready_reason(name)
+            assert "asked for CUDAExecutionProvider" in reason and "runs on CPUExecutionProvider" in reason
+        front.bind(m)
+        with TestClient(app) as client:
+            answer = client.get("/readyz")
+        assert answer.status_code == 503 and "CUDAExecutionProvider" in answer.json()["reasons"]["translator"]
+        monkeypatch.setenv("ORT_PROVIDERS", "CPUExecutionProvider")  # asked for what it runs on: ready
+        assert all(m.ready(name) for name in ("translator", "classifier", "captioner"))
+    finally:
+        m.stop()
