@@ -12,7 +12,7 @@ REPO ?= model_repository
 TOOLS  := .tools
 PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
 
-.PHONY: run test observe install install-test export proto train clean help prometheus
+.PHONY: run test observe install install-test export proto train clean help prometheus gpu-bundle
 
 help:
 	@echo "make run    install (if needed) and start what the project serves"
@@ -20,6 +20,7 @@ help:
 	@echo "make observe  make run plus a local Prometheus (deploy/prometheus/) on :9090"
 	@echo "make export export the ONNX model repository again (make run does it once, if missing)"
 	@echo "make train  retrain all three models into models/checkpoints/ (~25 min on 2 CPU cores)"
+	@echo "make gpu-bundle  build .gpu/ for the GPU check (tests/gpu/check.sh; BENCHMARKS.md, GPU check)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -79,5 +80,9 @@ train: install
 	$(PY) -m models.train captioner
 	$(PY) -m models.train translator
 
+# What tests/gpu/check.sh needs on a GPU machine without internet: repositories, expected outputs, wheels in parts.
+gpu-bundle: install-test $(REPO)/.complete
+	$(PY) tests/gpu/bundle.py --repository $(REPO) --out .gpu
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(REPO) $(TOOLS)
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(REPO) $(TOOLS) .gpu
