@@ -23,7 +23,7 @@ import numpy as np
 from service import errors
 from service.contract import ClassifyJob
 from service.metrics import metrics
-from service.providers import provider_problem
+from service.providers import CUDA, provider_problem, warm_up
 from service.runtime import RuntimeOptions, create_session, load_config
 
 
@@ -67,6 +67,10 @@ class ClassifierHost:
 
     def reconfigure(self, user_config: dict) -> None:
         self.options, self.largest_batch = BatchOptions.from_user_config(user_config), 0
+        if self.provider == CUDA:  # each batch size's first run plans its kernels: not on a request's time
+            size = self.config["inputs"]["images"]["shape"][-1]
+            warm_up(lambda b: self.session.run(None, {"images": np.zeros((b, 1, size, size), np.float32)}),
+                    self.options.max_batch_size)
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), **dataclasses.asdict(self.options), "largest_batch": self.largest_batch,

@@ -20,6 +20,7 @@ from service import errors
 from service.contract import CaptionJob, TranslateJob
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
+from service.providers import CUDA, warm_up
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions
 
 
@@ -46,6 +47,10 @@ class GeneratorHost:
             max_queue=int(user_config.get("max_queue", defaults.max_queue)),
             max_queue_wait_s=float(user_config.get("max_queue_wait_ms", defaults.max_queue_wait_s * 1000)) / 1000.0,
             auto_width=bool(user_config.get("auto_width", defaults.auto_width)))  # validated by EngineOptions
+        if self.provider == CUDA and not self.runtime.config.get("encoder", {}).get("input") == "input_ids":
+            # the captioner's encoder (ViT: a patch convolution) at each batch size, once, before requests
+            size = self.runtime.config["encoder"]["image_size"]
+            warm_up(lambda b: self.runtime.encode(np.zeros((b, 1, size, size), np.float32)), options.max_batch)
         self.engine.configure(options)
 
     def stats(self) -> dict:

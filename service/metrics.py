@@ -11,7 +11,9 @@ import threading
 import time
 
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-TOKEN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+# Queue waits are bounded in milliseconds and a GPU decoder step is sub-millisecond: their histograms start at 0.1 ms.
+QUEUE_BUCKETS = [0.0001, 0.00025, 0.0005] + LATENCY_BUCKETS
+TOKEN_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 GAUGE_PUBLISH_S = 1.0  # gauges are published this often (Ray exports every 10 s; a set per request was CPU for nothing)
 # Decoder steps are observed in the step-time and batch-size histograms one in this many, drawn at random by
@@ -24,7 +26,7 @@ DECODER_STEP_SAMPLE = 16
 # name: (kind, description, label names, buckets)
 SPEC = {
     "inference_request_duration_seconds": ("histogram", "End-to-end request latency at the ingress", ("model", "protocol", "method", "outcome"), LATENCY_BUCKETS),
-    "inference_queue_duration_seconds": ("histogram", "Time a request waited before its model started on it", ("model",), LATENCY_BUCKETS),
+    "inference_queue_duration_seconds": ("histogram", "Time a request waited before its model started on it", ("model",), QUEUE_BUCKETS),
     "inference_compute_duration_seconds": ("histogram", f"Model execution time per stage (encoder, decoder_step: one step in {DECODER_STEP_SAMPLE}, sampled; batch)", ("model", "stage"), LATENCY_BUCKETS),
     "inference_batch_size": ("histogram", f"Items per model execution (decoder_step: one step in {DECODER_STEP_SAMPLE}, sampled)", ("model", "stage"), BATCH_BUCKETS),
     "inference_requests_total": ("counter", "Requests answered, by status code", ("model", "protocol", "code"), None),
@@ -78,6 +80,15 @@ class Metrics:
         if value > 0:
             self._metric(name).inc(value, tags=labels)
 
+    def zero(self, name: str, **labels: str) -> None:
+        """Make a counter's series exist at 0 (``Counter.inc`` refuses 0): a counter that appears only at its first
+        event leaves rates, ratios and dashboard panels empty, not 0, until then. Uses ``Metric._record``, the
+        method ``inc`` records through (Ray 2.60, the pinned version)."""
+        metric = self._metric(name)
+        record = getattr(metric, "_record", None)
+        if record is not None:
+            record(0.0, tags=labels)
+
     def add_gauge(self, name: str, delta: float, **labels: str) -> None:
         """Move a gauge; the value is published within GAUGE_PUBLISH_S (``_publish``), not on every call."""
         key = (name, tuple(sorted(labels.items())))
@@ -98,6 +109,23 @@ class Metrics:
             with self._lock:
                 for (name, labels), value in self._gauges.items():
                     self._metric(name).set(value, tags=dict(labels))
+
+
+# The counters' series that exist at 0 from a replica's start (service.server): the codes and reasons the rules and
+# the dashboard divide or alert by.
+ZERO_CODES = {"http": ("200", "500", "503"), "grpc": ("OK", "INTERNAL", "RESOURCE_EXHAUSTED")}
+ZERO_REASONS = ("queue_full", "expected_wait", "queue_timeout", "deadline")
+
+
+def zero_counters(metrics: Metrics, models: tuple[str, ...]) -> None:
+    for model in models:
+        for protocol, codes in ZERO_CODES.items():
+            for code in codes:
+                metrics.zero("inference_requests_total", model=model, protocol=protocol, code=code)
+                if code not in ("200", "OK"):
+                    metrics.zero("inference_errors_total", model=model, protocol=protocol, code=code)
+        for reason in ZERO_REASONS:
+            metrics.zero("inference_rejected_total", model=model, reason=reason)
 
 
 _instance: Metrics | None = None

@@ -127,3 +127,22 @@ def replica_memory_limit(gpus: float, total: int | None) -> int | None:
 def model_memory_limits(replica_limit: int | None) -> dict[str, int | None]:
     """A replica's limit split between its three models (``MODEL_SHARE``)."""
     return {name: None if replica_limit is None else int(replica_limit * share) for name, share in MODEL_SHARE.items()}
+
+
+def warm_up_widths(max_batch: int) -> list[int]:
+    """The batch sizes a replica runs once at start on a GPU: powers of two up to ``max_batch``, and ``max_batch``.
+    A CUDA session plans (and cuDNN picks convolution algorithms) per new input shape; doing it here keeps that
+    first-time cost off the first requests of each size."""
+    widths, b = [], 1
+    while b < max_batch:
+        widths.append(b)
+        b *= 2
+    return widths + [max(1, max_batch)]
+
+
+def warm_up(run, max_batch: int) -> list[int]:
+    """``run(b)`` once per ``warm_up_widths(max_batch)``; returns the widths run."""
+    widths = warm_up_widths(max_batch)
+    for b in widths:
+        run(b)
+    return widths

@@ -32,7 +32,7 @@ from service.front import health, oip
 from service.front.grpc import undecodable
 from service.front.http import app
 from service.generator import CaptionerHost, TranslatorHost
-from service.metrics import metrics
+from service.metrics import metrics, zero_counters
 from service.providers import gpu_memory_bytes, model_memory_limits, replica_memory_limit
 from service.runtime import RuntimeOptions
 
@@ -127,6 +127,7 @@ class Server:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.models = Models(repository, replica_runtime_options())
         front.bind(self.models)
+        zero_counters(metrics(), MODELS)  # counters the rules and panels use exist at 0 from the start
         for model in MODELS:  # every model's in-flight series exists (at 0) from the start
             metrics().add_gauge("inference_requests_in_flight", 0, model=model)
             metrics().add_gauge("inference_execution_provider", 1, model=model, provider=self.models.host(model).provider)

@@ -42,7 +42,8 @@ def test_in_place_copies_only_the_rows_that_move():
     assert out[0] is cache[0] and out[0][:, 0, 0, 0].tolist() == [0, 0, 2, 3]  # the same memory, edited
 
 
-def test_the_engine_decodes_the_same_tokens_with_the_device_edits(repo):
+def test_the_engine_decodes_the_same_tokens_on_the_device_path(repo):
+    """What a GPU runs (IOBinding, the cache as OrtValues edited by the device graph), here on the CPU provider."""
     from models.data.tokenizer import Tokenizer
 
     directory = repo / "translator" / "1"
@@ -52,6 +53,7 @@ def test_the_engine_decodes_the_same_tokens_with_the_device_edits(repo):
     sources = [np.array(tok.encode(t) + [3], dtype=np.int64) for t in texts]
     rt = EncoderDecoderRuntime(directory)
     rt.edit_cache = CacheEditor(2 * rt.layers, rt.float_type, rt.decoder.get_providers(), rt.device, in_place=False)
+    rt.io_binding = True
     engine = DecodeEngine(rt, EngineOptions(max_batch=6, auto_width=False))  # fewer rows than asked: rows come and go
     seqs = engine.submit_all([Sequence(s, 60, beam_size=b) for s in sources for b in (1, 3)])
     while engine.load != (0, 0):

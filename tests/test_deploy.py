@@ -192,3 +192,35 @@ def test_dashboard_is_generated_and_complete():
                    "ray_generation_time_per_output_token_seconds_bucket", "ray_generation_tokens_total",
                    "ray_inference_requests_in_flight", "ray_inference_rejected_total", "ray_node_gpus_utilization", "ray_node_gram_used"):
         assert metric in queries, metric
+
+
+def test_the_prometheusrule_is_rules_yml_and_both_monitors_carry_the_default_stack_label():
+    sys.path.insert(0, str(DEPLOY / "prometheus"))
+    import build_prometheusrule
+
+    assert (DEPLOY / "prometheusrule.yaml").read_text() == build_prometheusrule.render(), \
+        "deploy/prometheusrule.yaml is stale: run python deploy/prometheus/build_prometheusrule.py"
+    rule = yaml.safe_load((DEPLOY / "prometheusrule.yaml").read_text())
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    assert rule["kind"] == "PrometheusRule" and rule["spec"]["groups"] == rules["groups"]
+    pm = yaml.safe_load((DEPLOY / "podmonitor.yaml").read_text())
+    for manifest in (rule, pm):  # what a default kube-prometheus-stack selects PodMonitors and rules by
+        assert manifest["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for alert in alerts:
+        assert {"summary", "description", "runbook_url"} <= alert["annotations"].keys(), alert["alert"]
+        anchor = alert["annotations"]["runbook_url"].split("#")[1]
+        assert f"### Runbook: {alert['alert']}" in (DEPLOY.parent / "RELIABILITY.md").read_text() and \
+            anchor == f"runbook-{alert['alert'].lower()}"
+    assert any("absent(" in a["expr"] for a in alerts) and any(a["expr"].startswith("up{") for a in alerts)
+
+
+def test_rayservice_drops_the_deprecated_thresholds_and_runs_unprivileged():
+    rs = rayservice()
+    assert "serviceUnhealthySecondThreshold" not in rs["spec"] and "deploymentUnhealthySecondThreshold" not in rs["spec"]
+    for template in pod_templates(rs):
+        pod = template["spec"]["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 1000
+        for container in template["spec"]["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]

@@ -61,6 +61,26 @@ def traffic(service, url):
         assert requests.post(url + "/v1/translate", json={"text": "nine"}).status_code == 503
 
 
+def test_counters_exist_at_zero_before_any_event(service, prometheus):
+    """The error and rejection counters the rules divide by and the panels plot are exported at 0 from a replica's
+    start, not missing until their first event (``service.metrics.zero_counters``). These series have had no event
+    in the test session (the service is shared: a classifier never refuses for an expected wait, and no request
+    here fails with INTERNAL or 500)."""
+    wanted = ['ray_inference_errors_total{model="classifier",protocol="grpc",code="INTERNAL"}',
+              'ray_inference_errors_total{model="translator",protocol="http",code="500"}',
+              'ray_inference_errors_total{model="captioner",protocol="grpc",code="INTERNAL"}',
+              'ray_inference_rejected_total{model="classifier",reason="expected_wait"}',
+              'ray_inference_rejected_total{model="classifier",reason="queue_timeout"}']
+    deadline = time.monotonic() + 60
+    while True:
+        found = {w: query(prometheus, w) for w in wanted}
+        if all(found.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for expr, result in found.items():
+        assert result and float(result[0]["value"][1]) == 0.0, (expr, result)
+
+
 def substitute(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace("$model", ".*").replace("$cluster", ".*")
 

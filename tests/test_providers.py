@@ -86,3 +86,25 @@ def test_an_encoder_decoder_splits_its_share_between_its_sessions():
 
     options = RuntimeOptions(gpu_mem_limit=1000)
     assert share(options, 0.75).gpu_mem_limit == 750 and share(RuntimeOptions(), 0.75).gpu_mem_limit is None
+
+
+def test_a_gpu_replica_warms_up_every_batch_size_up_to_its_largest():
+    from service.providers import warm_up, warm_up_widths
+
+    assert warm_up_widths(64) == [1, 2, 4, 8, 16, 32, 64] and warm_up_widths(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert warm_up_widths(1) == [1]
+    seen = []
+    assert warm_up(seen.append, 12) == [1, 2, 4, 8, 12] and seen == [1, 2, 4, 8, 12]
+
+
+def test_the_classifier_warms_up_on_cuda_only(repo, monkeypatch):
+    from service import classifier as module
+
+    host = module.ClassifierHost(repo / "classifier" / "1", RuntimeOptions(intra_op_threads=1))
+    runs = []
+    monkeypatch.setattr(module, "warm_up", lambda run, largest: runs.append(largest))
+    host.reconfigure({"max_batch_size": 16})
+    assert runs == []  # on the CPU: nothing to plan per shape
+    monkeypatch.setattr(module.ClassifierHost, "provider", property(lambda self: CUDA))
+    host.reconfigure({"max_batch_size": 16})
+    assert runs == [16]
