@@ -63,3 +63,51 @@ def test_the_engine_decodes_the_same_tokens_on_the_device_path(repo):
         for j, beam in enumerate((1, 3)):
             want = reference.generate(s[None], None, DecodingOptions(beam_size=beam, max_new_tokens=60))[0]
             assert seqs[2 * i + j].future.result() == want
+
+
+def device_path(directory):
+    rt = EncoderDecoderRuntime(directory)
+    rt.edit_cache = CacheEditor(2 * rt.layers, rt.float_type, rt.decoder.get_providers(), rt.device, in_place=False)
+    rt.io_binding = True
+    return rt
+
+
+def waves(rt, sources, max_new, size=48):
+    """The engine over ``sources`` in waves larger than its batch, so rows join and leave mid-flight."""
+    engine = DecodeEngine(rt, EngineOptions(max_batch=32, auto_width=False, max_queue=10**6, max_queue_wait_s=3600))
+    got = []
+    for i in range(0, len(sources), size):
+        seqs = engine.submit_all([Sequence(s, max_new) for s in sources[i : i + size]])
+        while engine.load != (0, 0):
+            engine.step()
+        got += [s.future.result() for s in seqs]
+    return got
+
+
+def test_the_device_path_gives_the_offline_tokens_on_every_test_sentence_and_scene(repo):
+    """IOBinding and the device cache edits, on the CPU provider, against the offline search (which the export checks
+    token-identical to PyTorch greedy on these splits): the whole translator test split and all 1,000 test scenes."""
+    from models.data import digits as D
+    from models.data import text as T
+    from models.data.tokenizer import Tokenizer
+
+    directory = repo / "translator" / "1"
+    tok, reference = Tokenizer.load(directory), EncoderDecoderRuntime(directory)
+    sources = [np.array(tok.encode(s) + [3], dtype=np.int64) for s, _ in T.build_corpus()["test"]]
+    got = waves(device_path(directory), sources, 100)
+    want = []
+    for i in range(0, len(sources), 100):
+        chunk = sources[i : i + 100]
+        src = np.zeros((len(chunk), max(map(len, chunk))), dtype=np.int64)
+        for j, s in enumerate(chunk):
+            src[j, : len(s)] = s
+        want += reference.generate(src, src != 0, DecodingOptions(max_new_tokens=100))
+    assert sum(g == w for g, w in zip(got, want)) == len(sources) == 2000
+
+    directory = repo / "captioner" / "1"
+    canvases, _, _ = D.make_scenes(D.digit_splits()["test"], 1000, seed=2)
+    images = canvases[:, None].astype(np.float32) / 255.0
+    got = waves(device_path(directory), list(images), 48)
+    reference = EncoderDecoderRuntime(directory)
+    want = [t for i in range(0, 1000, 100) for t in reference.generate(images[i : i + 100], None, DecodingOptions(max_new_tokens=48))]
+    assert sum(g == w for g, w in zip(got, want)) == 1000

@@ -342,8 +342,8 @@ def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(t
 
 @pytest.mark.parametrize("beam, n", [(1, None), (4, 256)])
 def test_the_whole_test_split_through_the_engine_equals_the_offline_search(translator, beam, n):
-    """Rows join and leave mid-flight (waves of 48 sources into a batch of 32), so every step's ``beam_rows`` and
-    ``past_offset`` carry reorders, newcomers, compactions and dropped columns; the offline search (checked
+    """Rows join and leave mid-flight (waves of 48 sources into a batch of 32), so the cache's rows and columns are
+    edited between steps (reorders, newcomers, compactions, dropped columns); the offline search (checked
     token-identical to PyTorch greedy on this split by the export) decodes each wave as one padded batch."""
     rt, tok = translator
     texts = [s for s, _ in T.build_corpus()["test"]][:n]
