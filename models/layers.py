@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.attention import KV, MultiHeadAttention, causal_mask
+from models.repetition import runaway
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> Tensor:
@@ -193,7 +194,8 @@ def greedy_decode(
     eos_id: int,
     max_new_tokens: int,
 ) -> list[list[int]]:
-    """Batched greedy decoding with a KV cache; each row stops at its own EOS (EOS not returned).
+    """Batched greedy decoding with a KV cache; each row stops at its own EOS (EOS not returned), or at the
+    repetition guard (``models.repetition``: a piece's ``MAX_RUN``-th repetition in a row ends the row).
 
     Used to score models during training, and deliberately kept apart from ``service.decoding``: it is the
     independent PyTorch reference that the ONNX Runtime engine's greedy output is checked against.
@@ -202,18 +204,20 @@ def greedy_decode(
     cross = decoder.cross_kv(memory)
     tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=memory.device)
     past: list[KV] | None = None
-    out = torch.empty((b, 0), dtype=torch.long, device=memory.device)
-    done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+    out: list[list[int]] = [[] for _ in range(b)]
+    done = [False] * b
     for _ in range(max_new_tokens):
         logits, past, _ = decoder(tokens, cross, memory_mask, past)
         nxt = logits[:, -1].argmax(-1)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        done |= nxt == eos_id
-        if bool(done.all()):
+        for i, token in enumerate(nxt.tolist()):
+            if done[i]:
+                continue
+            if token == eos_id:
+                done[i] = True
+            else:
+                out[i].append(token)
+                done[i] = runaway(out[i])
+        if all(done):
             break
-        tokens = nxt[:, None]
-    result = []
-    for row in out.tolist():
-        result.append(row[: row.index(eos_id)] if eos_id in row else row)
-    return result
+        tokens = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, eos_id), nxt)[:, None]
+    return out

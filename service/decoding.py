@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from models.repetition import runaway
 from service.engine.search import BeamState, log_softmax_top
 
 
@@ -56,6 +57,7 @@ def greedy(inference: Inference, batch: int, bos: int, eos: int, max_new_tokens:
                 done[i] = True
             else:
                 out[i].append(int(nxt[i]))
+                done[i] = runaway(out[i])
         if done.all():
             break
         tokens = np.where(done, eos, nxt).astype(np.int64)

@@ -12,7 +12,8 @@ decode together in one batch, through one path.
 Generation is bounded by the model: a sequence never asks for more tokens than the decoder has positions
 (``max_len``: the captioner 48, the translator 256); a larger ``max_new_tokens`` is clamped and the sequence
 finishes with "length" there. A step that fails fails only the sequences it fails for: the loop runs each
-sequence's rows alone to find them, fails those requests with the error, and carries on with the rest.
+sequence's rows alone to find them, fails those requests with the error, and carries on with the rest. A piece
+repeated ``models.repetition.MAX_RUN`` times in a row ends a sequence ("repetition"), as it does offline.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import numpy as np
 from service.engine.batch import KVBatch
 from service.engine.calibration import choose_width, step_seconds
 from service.engine.scheduler import EngineOptions, QueueFull, Scheduler, Sequence
+from models.repetition import runaway
 from service.engine.search import BeamState
 from service.metrics import DECODER_STEP_SAMPLE, metrics
 from service.runtime import EncoderDecoderRuntime
 
+ENDED = ("eos", "length", "repetition")  # a sequence that decoded to its end (the scheduler learns lengths from these)
 MAX_STEP_FAILURES = 3  # consecutive failed steps no single sequence explains before the whole batch is failed
 
 
@@ -248,7 +251,8 @@ class DecodeEngine:
         self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="encoder")
         self.metrics.observe("inference_batch_size", len(seqs), model=self.model, stage="encoder")
         for seq in seqs:
-            seq.search = BeamState(seq.beam_size, self.eos, seq.length_penalty) if seq.beam_size > 1 else None
+            seq.search = (BeamState(seq.beam_size, self.eos, seq.length_penalty, ignore_eos=self.options.ignore_eos)
+                          if seq.beam_size > 1 else None)
         taken = min(len(slots), sum(s.width for s in seqs))
         self.batch.place(seqs, cross, mask, slots[:taken])
         return taken
@@ -263,7 +267,8 @@ class DecodeEngine:
 
     def _candidates(self) -> int:
         """Next-token candidates each row needs this step: 1 (greedy), or 2K for the widest beam request."""
-        return max((2 * s.beam_size for s in self.batch.sequences() if s.search is not None), default=1)
+        return max((2 * s.beam_size for s in self.batch.sequences() if s.search is not None),
+                   default=2 if self.options.ignore_eos else 1)
 
     def _execute(self) -> tuple[np.ndarray, np.ndarray] | None:
         """One decoder step for the whole batch → each row's best next tokens and their log-probabilities, best
@@ -314,13 +319,17 @@ class DecodeEngine:
                 self.metrics.observe("generation_time_to_first_token_seconds", seq.first_token_at - seq.submitted_at, model=self.model)
             if seq.search is None:
                 token = int(nxt[seq.rows[0]])
+                if token == self.eos and self.options.ignore_eos:
+                    token = nxt[seq.rows[0]] = int(top_tokens[seq.rows[0], 1])
                 if token == self.eos:
                     self._finish(seq, "eos")
                     continue
                 seq.tokens.append(token)
                 if seq.on_token is not None:
                     seq.on_token(token)
-                if len(seq.tokens) >= seq.max_new_tokens:
+                if runaway(seq.tokens) and not self.options.ignore_eos:
+                    self._finish(seq, "repetition")
+                elif len(seq.tokens) >= seq.max_new_tokens:
                     self._finish(seq, "length")
                 continue
             rows = np.asarray(seq.rows)
@@ -349,9 +358,9 @@ class DecodeEngine:
                 self.metrics.observe("generation_time_per_output_token_seconds", per_token, model=self.model)
             if reason == "deadline" and seq.admitted_at_step is None:
                 self.metrics.inc("inference_rejected_total", model=self.model, reason="deadline")
-            if seq.admitted_at_step is not None or reason in ("eos", "length"):
+            if seq.admitted_at_step is not None or reason in ENDED:
                 with self.lock:
-                    if reason in ("eos", "length"):
+                    if reason in ENDED:
                         self.scheduler.observed_finish(seq.steps)
                     if seq.admitted_at_step is not None:
                         self.scheduler.left(seq)

@@ -59,6 +59,10 @@ class EngineOptions:
     # "iteration": admit waiting sequences at every step (the point of this engine). "static": admit only when the
     # batch has emptied (request-level batching, what @serve.batch gives); kept to measure against, not for use.
     scheduling: str = "iteration"
+    # True: every sequence decodes exactly max_new_tokens tokens; neither EOS nor the repetition guard ends it (the
+    # best non-EOS candidate is taken). vLLM's ignore_eos: for benchmarks and tests that need long decodes of a
+    # model whose outputs are short; never for serving users (they would get garbage after the real answer).
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.scheduling not in ("iteration", "static"):
@@ -84,7 +88,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     future: Future = field(default_factory=Future)
     cancelled: bool = False
-    finish_reason: str | None = None  # "eos" | "length" | "deadline" | "cancelled" | "rejected" | "error"
+    finish_reason: str | None = None  # "eos" | "length" | "repetition" | "deadline" | "cancelled" | "rejected" | "error"
     error: str | None = None  # why, for "error"
     admitted_at_step: int | None = None
     finished_at_step: int | None = None

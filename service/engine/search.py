@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.repetition import runaway
+
 
 def log_softmax_top(logits: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``c`` best tokens and their log-probabilities, best first: ``(tokens (R, c), logp (R, c) float64)``.
@@ -38,8 +40,9 @@ class BeamState:
     ``sum log p / length ** penalty``.
     """
 
-    def __init__(self, k: int, eos: int, length_penalty: float = 1.0) -> None:
+    def __init__(self, k: int, eos: int, length_penalty: float = 1.0, ignore_eos: bool = False) -> None:
         self.k, self.eos, self.length_penalty = k, eos, length_penalty
+        self.ignore_eos = ignore_eos  # EngineOptions.ignore_eos: EOS candidates are passed over, the guard is off
         self.c = 2 * k  # candidates per step: enough to refill k beams after EOS ones
         self.scores = np.full(k, -np.inf)
         self.scores[0] = 0.0  # all beams start identical: only the first is alive at step 0
@@ -65,10 +68,15 @@ class BeamState:
         for cand in order:
             beam, j = divmod(int(cand), c)
             score, token = float(total[cand]), int(cand_tok[beam, j])
-            if not np.isfinite(score):
+            if not np.isfinite(score) or (token == self.eos and self.ignore_eos):
                 continue
             if token == self.eos:
                 self.finished.append((score / self.norm(len(self.seqs[beam]) + 1), self.seqs[beam]))
+                self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
+                continue
+            if not self.ignore_eos and runaway(self.seqs[beam] + [token]):  # the guard: this ends the hypothesis, as EOS would
+                ended = self.seqs[beam] + [token]
+                self.finished.append((score / self.norm(len(ended) + 1), ended))
                 self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
                 continue
             if len(rows) < k:

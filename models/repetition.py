@@ -1,0 +1,51 @@
+"""The repetition guard: no decoded output repeats one piece more than ``MAX_RUN`` times in a row.
+
+A small model given something outside its domain can fall into a loop (``Îleslesleslesles…``) and run to its
+length limit: the client waits for the longest answer there is and gets garbage. Nothing in the translator's or
+the captioner's domain repeats a piece (one token, or a group of up to ``MAX_PIECE`` tokens) more than three
+times in a row: a number has at most three equal digits between separators (``111 111``); a caption names each
+quadrant once. So every decode path applies one rule: **a piece's ``MAX_RUN``-th repetition in a row ends the
+output, as an end-of-sequence token would** (the repetition is kept, so what was streamed is what is returned):
+
+* greedy (the engine's loop, ``service.decoding.greedy``, the PyTorch ``greedy_decode``): the sequence ends;
+* beam search (``BeamState``, engine and offline): the hypothesis ends, and competes with the others ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_RUN = 4  # repetitions of one piece in a row that are allowed
+MAX_PIECE = 4  # the longest piece, in tokens, that the guard looks for
+
+
+def runaway(tokens: Sequence[int], max_run: int = MAX_RUN, max_piece: int = MAX_PIECE) -> bool:
+    """Whether ``tokens`` ends with one piece (1..``max_piece`` tokens) repeated ``max_run`` times in a row.
+    Looks only at the tail: O(max_piece × max_run) a call, cheap enough for every step of every sequence."""
+    for n in range(1, max_piece + 1):
+        span = n * max_run
+        if len(tokens) < span:
+            return False
+        piece = list(tokens[-n:])
+        if all(list(tokens[len(tokens) - span + i : len(tokens) - span + i + n]) == piece for i in range(0, span - n, n)):
+            return True
+    return False
+
+
+def longest_run(pieces: Sequence[Any], max_piece: int = MAX_PIECE) -> int:
+    """How many times in a row the most repeated piece (a group of up to ``max_piece`` items) occurs anywhere.
+
+    ``longest_run("a b c".split()) == 1``; ``longest_run(list("Îleslesleslesles"))`` counts "les" 5 times.
+    """
+    best = 1 if pieces else 0
+    for n in range(1, max_piece + 1):
+        for start in range(n):
+            run = 1
+            for i in range(start + n, len(pieces) - n + 1, n):
+                if pieces[i : i + n] == pieces[i - n : i]:
+                    run += 1
+                    best = max(best, run)
+                else:
+                    run = 1
+    return best
