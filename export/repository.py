@@ -17,7 +17,8 @@ from models import checkpoint
 from models.data import digits as digit_data
 from models.data import text as text_data
 from models.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from models.train import parse_caption, translation_scores
+from models.train import parse_caption
+from models.translation_eval import translation_scores
 from service.decoding import DecodingOptions
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions, create_session, select_providers
 

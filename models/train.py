@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,9 +28,11 @@ from tqdm import tqdm
 
 from models import checkpoint
 from models.captioner import Captioner, CaptionerConfig
+from models.curves import plot_curve
 from models.data import digits as digit_data
 from models.data import text as text_data
 from models.data.tokenizer import train_tokenizer
+from models.translation_eval import full_report, translation_scores
 from models.translator import Translator, TranslatorConfig, translate
 from models.vit import ViT, ViTConfig
 
@@ -93,6 +96,10 @@ class Task:
     def save_extra(self, directory: Path) -> dict[str, Any]:
         return {}
 
+    def final_metrics(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        """The figures ``metrics.json`` ships (for the translator: kind by kind, ``models.translation_eval``)."""
+        return {"test": self.evaluate(model, "test", device, final=True)}
+
 
 def _seq_loss(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=0, label_smoothing=smoothing)
@@ -100,15 +107,17 @@ def _seq_loss(logits: Tensor, target: Tensor, smoothing: float) -> Tensor:
 
 class TranslatorTask(Task):
     name, metric = "translator", "bleu"
-    train_config = TrainConfig(steps=2800, batch_size=96, lr=2e-3, warmup_steps=300, eval_every=700, label_smoothing=0.1)
+    train_config = TrainConfig(steps=3600, batch_size=96, lr=2e-3, warmup_steps=300, eval_every=900, label_smoothing=0.1)
     tiny_train_config = TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=5, eval_every=15)
     vocab_size = 2000
+    name_repeats = {"alone": 10, "templated": 4}
 
     def __init__(self, tiny: bool = False) -> None:
         super().__init__(tiny)
         corpus_config = text_data.CorpusConfig()
         if tiny:
-            corpus_config = replace(corpus_config, n_dates=600, n_cardinals=400, n_ordinals=300, n_quantities=600, n_valid=50, n_test=50)
+            corpus_config = replace(corpus_config, n_dates=600, n_cardinals=400, n_ordinals=300, n_quantities=600, n_valid=50, n_test=50, min_test_names=5)
+        self.corpus = text_data.corpus(corpus_config)
         self.splits = text_data.build_corpus(corpus_config)
         texts = [t for pair in self.splits["train"] for t in pair]
         self.tokenizer = train_tokenizer(texts, 400 if tiny else self.vocab_size)
@@ -129,8 +138,9 @@ class TranslatorTask(Task):
         rng = random.Random(seed)
         src, tgt = self.encoded["train"]
         bs, eos, bos = self.train_config.batch_size, self.tokenizer.eos_id, self.tokenizer.bos_id
+        epoch = [i for i, (s, _) in enumerate(self.splits["train"]) for _ in range(self.repeats(s))]
         while True:
-            order = list(range(len(src)))
+            order = list(epoch)
             rng.shuffle(order)
             chunks = [order[i : i + 50 * bs] for i in range(0, len(order), 50 * bs)]
             batches = []
@@ -140,6 +150,14 @@ class TranslatorTask(Task):
             rng.shuffle(batches)
             for b in batches:
                 yield pad([src[i] + [eos] for i in b]), pad([[bos] + tgt[i] + [eos] for i in b])
+
+    def repeats(self, source: str) -> int:
+        """Times a training sentence occurs per epoch: names are a closed set to be learned one by one, so each
+        name sentence is repeated (its alone form the most: it has no context to lean on); values are not."""
+        kind, form = self.corpus.kind(source)
+        if kind not in text_data.NAME_KINDS:
+            return 1
+        return self.name_repeats[form]
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> Tensor:
         src, tgt = (t.to(device) for t in batch)
@@ -152,30 +170,18 @@ class TranslatorTask(Task):
         pairs = self.splits[split] if final else self.splits[split][:500]
         return translation_scores(self.translate(model, [s for s, _ in pairs]), [t for _, t in pairs], final)
 
-    def evaluate_unseen(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
-        train_sources = {s for s, _ in self.splits["train"]}
-        report = {}
-        for kind, pairs in text_data.unseen_values(train_sources, n_per_kind=100).items():
-            report[kind] = translation_scores(self.translate(model, [s for s, _ in pairs]), [t for _, t in pairs], False)
-        return report
+    def final_metrics(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        return full_report(lambda sources: self.translate(model, sources), self.corpus)
 
     def save_extra(self, directory: Path) -> dict[str, Any]:
         self.tokenizer.save(directory)
-        return {"data": {k: len(v) for k, v in self.splits.items()}, "tokenizer": {"vocab_size": self.tokenizer.vocab_size}}
-
-
-def translation_scores(hyps: list[str], refs: list[str], keep_examples: bool) -> dict[str, Any]:
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(hyps, [refs])
-    scores: dict[str, Any] = {
-        "bleu": round(bleu.score, 2),
-        "exact_match": round(float(np.mean([h == r for h, r in zip(hyps, refs)])), 4),
-        "n": len(refs),
-    }
-    if keep_examples:
-        scores["errors"] = [{"hyp": h, "ref": r} for h, r in zip(hyps, refs) if h != r][:20]
-    return scores
+        data: dict[str, Any] = {k: len(v) for k, v in self.splits.items()}
+        data["heldout_forms"] = {k: len(v) for k, v in self.corpus.heldout_forms.items()}
+        data["by_kind"] = {
+            split: dict(Counter("/".join(self.corpus.kind(s)) for s, _ in pairs).most_common()) for split, pairs in self.splits.items()
+        }
+        data["name_repeats"] = self.name_repeats
+        return {"data": data, "tokenizer": {"vocab_size": self.tokenizer.vocab_size}}
 
 
 class ClassifierTask(Task):
@@ -335,10 +341,7 @@ def train(name: str, out: Path, *, tiny: bool = False, device: str = "auto", ste
         history.append(record)
     train_seconds = time.time() - started - prep_seconds
     model.eval()
-    test = task.evaluate(model, "test", dev, final=True)
-    metrics: dict[str, Any] = {"model": name, "test": test}
-    if isinstance(task, TranslatorTask):
-        metrics["unseen_values"] = task.evaluate_unseen(model, dev)
+    metrics: dict[str, Any] = {"model": name, **task.final_metrics(model, dev)}
     extra = task.save_extra(out) if out.mkdir(parents=True, exist_ok=True) is None else {}
     metrics.update(
         extra,
@@ -359,29 +362,6 @@ def train(name: str, out: Path, *, tiny: bool = False, device: str = "auto", ste
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     plot_curve(history, task.metric, out / "training_curve.png", name, task.curve_label)
     return metrics
-
-
-def plot_curve(history: list[dict[str, Any]], metric: str, path: Path, title: str, label: str = "validation") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], color="tab:blue", label="training loss (EMA)")
-    ax.set_ylabel("loss", color="tab:blue")
-    ax.set_yscale("log")
-    evals = [h for h in history if "valid" in h]
-    ax2 = ax.twinx()
-    ax2.plot([h["step"] for h in evals], [h["valid"][metric] for h in evals], "o-", color="tab:orange")
-    ax2.set_ylabel(f"{metric}", color="tab:orange")
-    ax.set_xlabel(f"step  (blue: training loss, EMA; orange: {metric} on {label.split(' (')[0]})")
-    if "(" in label:
-        fig.text(0.01, 0.01, label[label.index("(") :], fontsize=7, color="gray")
-    ax.set_title(f"{title} training")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,12 +43,50 @@ def test_translation_corpus_covers_the_documented_domain(corpus):
     assert 0.2 < alone / len(src) < 0.6  # both alone and inside template sentences
 
 
-def test_every_name_is_seen_in_training(corpus):
-    train_text = "\n".join(s for s, _ in corpus["train"])
-    for kind in ("territory", "language"):
-        names = T._names(kind)
-        missing = [en for en, _ in names if en not in train_text]
-        assert not missing, missing[:10]
+def test_every_name_is_trained_alone_and_in_templates(corpus):
+    train = dict(corpus["train"])
+    territories = {n.en for n in T.names("territory")}
+    for kind in T.NAME_KINDS:
+        names = T.names(kind)
+        assert len(names) > (250 if kind == "territory" else 600)
+        # alone: every name, with its CLDR French (an English name that is also a territory means the territory)
+        wrong = [n for n in names if (kind == "territory" or n.en not in territories) and train.get(n.en) != n.fr]
+        assert not wrong, wrong[:5]
+        # in templates: every name in trained sentences besides its alone form (most in three or more; a few
+        # names with only the neutral templates gave two to the test and validation splits)
+        sentences = {n.en: sum(s in train for s, _ in T.name_sentences(kind, n)) for n in names}
+        assert min(sentences.values()) >= 1, min(sentences.items(), key=lambda kv: kv[1])
+        assert sum(v >= 3 for v in sentences.values()) >= 0.95 * len(names)
+
+
+def test_one_form_of_every_name_is_held_out_of_every_split():
+    c = T.corpus()
+    every_split = {s for pairs in c.splits.values() for s, _ in pairs}
+    for kind in T.NAME_KINDS:
+        held = c.heldout_forms[kind]
+        assert len(held) == len(T.names(kind))  # one per name
+        assert not {s for s, _ in held} & every_split
+        assert all(c.kind(s) == (kind, "templated") for s, _ in held)
+
+
+def test_every_sentence_is_tagged_and_the_test_split_holds_every_kind():
+    c = T.corpus()
+    for pairs in c.splits.values():
+        assert all(c.kind(s)[0] in T.KINDS and c.kind(s)[1] in T.FORMS for s, _ in pairs)
+    test_kinds = {c.kind(s) for s, _ in c.splits["test"]}
+    assert {k for k, _ in test_kinds} == set(T.KINDS)
+    assert c.kind("France") == ("territory", "alone") and c.kind("Nauru") == ("territory", "alone")
+    assert c.kind("She speaks German.") == ("language", "templated")
+
+
+def test_place_sentences_use_the_table_articles(corpus):
+    pairs = dict(p for kind in T.NAME_KINDS for n in T.names(kind) for p in T.name_sentences(kind, n))
+    assert pairs["She lives in France."] == "Elle vit en France."
+    assert pairs["She lives in Japan."] == "Elle vit au Japon."
+    assert pairs["She lives in the United States."] == "Elle vit aux États-Unis."
+    assert pairs["He comes from Italy."] == "Il vient d'Italie."
+    assert pairs["Made in Cuba."] == "Fabriqué à Cuba."
+    assert "She lives in Hong Kong SAR China." not in pairs  # not in the table: neutral templates only
 
 
 def test_corpus_is_deterministic():

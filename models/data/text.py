@@ -10,24 +10,33 @@ The translator's domain is deliberately narrow (a demo, not general machine tran
 each alone and inside short template sentences. French text is kept exactly as CLDR writes it, including its
 no-break spaces (U+00A0 before units, U+202F as thousands separator).
 
-Splits are made on unique source sentences (no source sentence is in two splits). Every territory and
-language name occurs in several forms (alone and in templates), so a name held out in one form is still
-learned from the others; dates, numbers and quantities are sampled from spaces far larger than the corpus,
-so most test values never occur in training.
+Territory and language names are a closed set (~290 and ~650), so each is written in every form: alone, in
+every neutral template, and (territories the table in ``places`` lists) in sentences that need French's
+articles and prepositions (*Elle vit au Japon.*). The alone form of every name is always in training; one
+templated form of every name, drawn at random, is in no split at all: ``Corpus.heldout_forms``, the set that
+shows whether a name was learned rather than a sentence. The other forms are shared out like everything else.
+
+Splits are made on unique source sentences (no source sentence is in two splits); dates, numbers and quantities
+are sampled from spaces far larger than the corpus, so most test values never occur in training. Every source
+sentence is tagged with its kind and form (``Corpus.tags``) for the per-kind evaluation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from babel import Locale
 from babel.dates import format_date
 from babel.units import format_unit
 from num2words import num2words
+
+from models.data.places import place_sentences
 
 Pair = tuple[str, str]
 
@@ -74,12 +83,18 @@ TEMPLATES: dict[str, list[Pair]] = {
         ("The book is written in {}.", "Le livre est écrit en {}."),
         ("Language: {}.", "Langue : {}."),
         ("Subtitles in {}.", "Sous-titres en {}."),
+        ("They speak {}.", "Ils parlent {}."),
+        ("The menu is also in {}.", "Le menu existe aussi en {}."),
+        ("Translate it into {}.", "Traduisez-le en {}."),
     ],
 }
+VALUE_KINDS = ("date", "cardinal", "ordinal", "quantity")
+NAME_KINDS = ("territory", "language")
+KINDS = VALUE_KINDS + NAME_KINDS
+FORMS = ("alone", "templated")
 
 DATE_FORMATS = ("full", "long", "medium")
 FIRST_DAY, LAST_DAY = dt.date(1900, 1, 1), dt.date(2099, 12, 31)
-NAME_FORMS = 4  # each territory / language name: alone + 3 template sentences
 
 
 @dataclass(frozen=True)
@@ -91,18 +106,32 @@ class CorpusConfig:
     n_quantities: int = 26_000
     n_valid: int = 1_000
     n_test: int = 2_000
+    min_test_names: int = 150  # sentences of each name kind the test split holds at least (a random 2,000 held ~60)
 
 
-def _names(kind: str) -> list[Pair]:
+class Name(NamedTuple):
+    code: str  # CLDR territory or language code
+    en: str
+    fr: str
+
+
+def names(kind: str) -> list[Name]:
+    """Every CLDR territory or language name that has a French form (the first code of a repeated English name)."""
     en, fr = Locale("en"), Locale("fr")
     table_en, table_fr = (en.territories, fr.territories) if kind == "territory" else (en.languages, fr.languages)
-    seen, pairs = set(), []
+    seen, out = set(), []
     for code in sorted(table_en):
         src, tgt = table_en[code], table_fr.get(code)
         if tgt and src not in seen:
             seen.add(src)
-            pairs.append((src, tgt))
-    return pairs
+            out.append(Name(code, src, tgt))
+    return out
+
+
+def name_sentences(kind: str, name: Name) -> list[Pair]:
+    """Every templated form of one name: the neutral templates, and for territories the table's sentences."""
+    neutral = [(en_t.format(name.en), fr_t.format(name.fr)) for en_t, fr_t in TEMPLATES[kind][1:]]
+    return neutral + (place_sentences(name.code, name.en, name.fr) if kind == "territory" else [])
 
 
 def units() -> list[str]:
@@ -152,20 +181,39 @@ def templated(rng: random.Random, kind: str, value: Pair, alone_p: float = 0.35)
     return en_t.format(value[0]), fr_t.format(value[1])
 
 
-def build_corpus(config: CorpusConfig = CorpusConfig()) -> dict[str, list[Pair]]:
-    """Deterministic train/valid/test splits of unique-source (English, French) pairs."""
+@dataclass(frozen=True)
+class Corpus:
+    splits: dict[str, list[Pair]]  # train / valid / test
+    heldout_forms: dict[str, list[Pair]]  # per name kind: one templated form of every name, in no split
+    tags: dict[str, tuple[str, str]] = field(repr=False)  # source sentence → (kind, "alone" | "templated")
+
+    def kind(self, source: str) -> tuple[str, str]:
+        return self.tags[source]
+
+
+@functools.lru_cache(maxsize=4)
+def corpus(config: CorpusConfig = CorpusConfig()) -> Corpus:
+    """Deterministic splits of unique-source (English, French) pairs, the held-out name forms, and the tags."""
     rng = random.Random(config.seed)
     unit_ids = units()
     by_source: dict[str, str] = {}
+    tags: dict[str, tuple[str, str]] = {}
+    alone_names: dict[str, str] = {}
+    heldout: dict[str, list[Pair]] = {kind: [] for kind in NAME_KINDS}
 
-    def add(pair: Pair) -> None:
-        by_source.setdefault(pair[0], pair[1])
-
-    for kind in ("territory", "language"):
-        for name in _names(kind):
-            add(name)  # alone
-            for en_t, fr_t in rng.sample(TEMPLATES[kind][1:], NAME_FORMS - 1):
-                add((en_t.format(name[0]), fr_t.format(name[1])))
+    for kind in NAME_KINDS:
+        for name in names(kind):
+            if name.en not in alone_names:  # "Nauru" alone is the island, not its language (nauruan)
+                alone_names[name.en] = name.fr
+                tags[name.en] = (kind, "alone")
+            sentences = name_sentences(kind, name)
+            held = rng.randrange(len(sentences))
+            for i, (src, tgt) in enumerate(sentences):
+                tags[src] = (kind, "templated")
+                if i == held:
+                    heldout[kind].append((src, tgt))
+                else:
+                    by_source.setdefault(src, tgt)
     for kind, count in (
         ("date", config.n_dates),
         ("cardinal", config.n_cardinals),
@@ -174,13 +222,31 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> dict[str, list[Pair]]
     ):
         target = len(by_source) + count
         while len(by_source) < target:
-            add(templated(rng, kind, sample_value(rng, kind, unit_ids)))
+            value = sample_value(rng, kind, unit_ids)
+            src, tgt = templated(rng, kind, value)
+            if src not in by_source and src not in alone_names:
+                by_source[src] = tgt
+                tags[src] = (kind, "alone" if src == value[0] else "templated")
 
     pairs = sorted(by_source.items())
     rng.shuffle(pairs)
     test, valid = pairs[: config.n_test], pairs[config.n_test : config.n_test + config.n_valid]
     train = pairs[config.n_test + config.n_valid :]
-    return {"train": train, "valid": valid, "test": test}
+    # A random 2,000 holds ~60 sentences of each name kind: too few for a per-kind figure. Swap training name
+    # sentences (from the end of the shuffled order) for test value sentences until each kind has its minimum.
+    for kind in NAME_KINDS:
+        short = config.min_test_names - sum(tags[s][0] == kind for s, _ in test)
+        names_in_train = [i for i in range(len(train) - 1, -1, -1) if tags[train[i][0]][0] == kind][: max(0, short)]
+        values_in_test = [i for i in range(len(test) - 1, -1, -1) if tags[test[i][0]][0] in VALUE_KINDS][: len(names_in_train)]
+        for t, v in zip(names_in_train, values_in_test):
+            train[t], test[v] = test[v], train[t]
+    train += sorted(alone_names.items())  # every name alone is trained
+    return Corpus({"train": train, "valid": valid, "test": test}, heldout, tags)
+
+
+def build_corpus(config: CorpusConfig = CorpusConfig()) -> dict[str, list[Pair]]:
+    """The train / valid / test splits (a fresh dict of fresh lists: callers may change them)."""
+    return {k: list(v) for k, v in corpus(config).splits.items()}
 
 
 def unseen_values(train_sources: set[str], n_per_kind: int = 50, seed: int = 12345) -> dict[str, list[Pair]]:
