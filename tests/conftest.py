@@ -85,3 +85,12 @@ def stub(service):
     channel = grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}")
     yield inference_pb2_grpc.InferenceStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def long_decodes(service):
+    """Every translation decodes to its max_new_tokens during the test (``servicekit.decoding_to_the_limit``)."""
+    from tests.servicekit import decoding_to_the_limit
+
+    with decoding_to_the_limit(service):
+        yield

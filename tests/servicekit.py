@@ -13,8 +13,9 @@ import typing
 from service import config as serve_config
 
 LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 6  # ≤ 512 chars
-# The shipped translator loops on this one until max_new_tokens (a long decode, on purpose).
-LOOPING_TEXT = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8
+# One of the longest decodes of the shipped translator (19 tokens and EOS). It once looped until max_new_tokens;
+# the retrained model ends it, and the repetition guard ends any loop: a long decode is now many rows (beam 8).
+NUMBER_TEXT = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8
 
 
 class Service(typing.NamedTuple):
@@ -130,6 +131,17 @@ def reconfigured(service: Service, model: str, settings: dict):
     user_config = copy.deepcopy(serve_config.deployment(service.config, "Server")["user_config"])
     user_config[model] = settings
     return redeployed(service, user_config=user_config)
+
+
+@contextlib.contextmanager
+def decoding_to_the_limit(service: Service):
+    """The translator's engine with ``ignore_eos`` (every sequence decodes to its max_new_tokens), the rest of its
+    settings as deployed. The shipped model's outputs end within ~25 tokens and the repetition guard ends any
+    loop, so tests of what happens *during* a long decode (deadlines, cancellation, streams) ask for this."""
+    settings = dict(serve_config.deployment(service.config, "Server")["user_config"]["translator"], ignore_eos=True)
+    with reconfigured(service, "translator", settings):
+        wait_for(lambda: stats("translator")["ignore_eos"], what="ignore_eos in force")
+        yield
 
 
 def scrape(service: Service) -> str:

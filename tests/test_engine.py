@@ -158,7 +158,9 @@ def test_captioner_through_the_engine(repo):
 
 # ------------------------------------------------------------------------------------ admission
 
-LOOP = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes until max_new_tokens
+# One of the longest decodes the shipped translator makes: 19 tokens and EOS. (It once looped to max_new_tokens; the
+# retrained model ends it, and the repetition guard would end any loop.)
+LOOP = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8
 
 
 def test_the_batch_never_grows_past_its_limit(translator):
@@ -200,7 +202,7 @@ def test_a_request_that_would_wait_past_its_budget_is_refused_at_once(translator
     # the request already running keeps its place even though its later sequences wait longer than the budget
     time.sleep(0.06)
     run_until_idle(engine)
-    assert [s.finish_reason for s in big] == ["length"] * 3
+    assert [s.finish_reason for s in big] == ["eos"] * 3 and all(len(s.future.result()) == 19 for s in big)
 
 
 def test_a_sequence_left_waiting_past_its_budget_is_refused_then(translator):
@@ -326,10 +328,9 @@ def test_decoder_steps_are_sampled_for_the_histograms_and_encoder_runs_are_not(t
     rt, tok = translator
     engine = DecodeEngine(rt, EngineOptions(max_batch=4, auto_width=False, max_queue_wait_s=600))  # all wait their turn
     engine.metrics = recorder = Recorder()
-    looping = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8  # decodes to max_new_tokens
-    seqs = [engine.submit(Sequence(ids(tok, looping), max_new_tokens=256)) for _ in range(24)]
+    seqs = [engine.submit(Sequence(ids(tok, LOOP), max_new_tokens=256)) for _ in range(320)]  # 20 steps each, 4 at once
     run_until_idle(engine, limit=5000)
-    assert {s.finish_reason for s in seqs} == {"length"}
+    assert {s.finish_reason for s in seqs} == {"eos"}
     steps = engine.steps
     stages = [labels["stage"] for name, labels in recorder.observed if name == "inference_compute_duration_seconds"]
     sizes = [labels["stage"] for name, labels in recorder.observed if name == "inference_batch_size"]
@@ -360,3 +361,16 @@ def test_the_whole_test_split_through_the_engine_equals_the_offline_search(trans
             src[j, : len(r)] = r
         want += rt.generate(src, src != 0, DecodingOptions(beam_size=beam, max_new_tokens=100))
     assert len(got) == len(texts) and sum(g == w for g, w in zip(got, want)) == len(texts)
+
+
+def test_ignore_eos_decodes_every_sequence_to_its_max_new_tokens(translator):
+    """EngineOptions.ignore_eos (benchmarks and tests that need long decodes): greedy and beam rows alike pass over
+    EOS and the repetition guard; without it the same requests end at EOS."""
+    rt, tok = translator
+    for ignore, want in ((True, [60, 60, 60]), (False, [1, 1, 1])):
+        engine = DecodeEngine(rt, EngineOptions(auto_width=False, ignore_eos=ignore))
+        seqs = engine.submit_all([Sequence(ids(tok, "nine"), 60), Sequence(ids(tok, "nine"), 60, beam_size=4),
+                                  Sequence(ids(tok, "one"), 60)])
+        run_until_idle(engine)
+        assert [len(s.future.result()) for s in seqs] == want, [tok.decode(s.future.result()) for s in seqs]
+        assert {s.finish_reason for s in seqs} == ({"length"} if ignore else {"eos"})

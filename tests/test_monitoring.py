@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servicekit import LOOPING_TEXT, free_port, reconfigured, stats, wait_for
+from tests.servicekit import NUMBER_TEXT, free_port, reconfigured, stats, wait_for
 from tests.test_deploy import prometheus_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def traffic(service, url):
         assert requests.post(url + "/v1/translate", json={"texts": ["Friday, March 14, 2025", "nine"]}).status_code == 200
         assert requests.post(url + "/v1/classify", json={"images": [image] * 4}).status_code == 200
         assert requests.post(url + "/v1/caption", json={"image": png_b64(canvases[0])}).status_code == 200
-    with requests.post(url + "/v1/translate/stream", json={"text": LOOPING_TEXT, "max_new_tokens": 64}, stream=True) as r:
+    with requests.post(url + "/v1/translate/stream", json={"text": NUMBER_TEXT, "max_new_tokens": 64}, stream=True) as r:
         assert r.status_code == 200 and b"done" in r.content
     assert requests.post(url + "/v1/translate", json={"text": "x" * 600}).status_code == 413
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:

@@ -9,15 +9,15 @@ import grpc
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, redeployed, rss_mb, sample, scrape, stats, wait_for
+from tests.servicekit import NUMBER_TEXT, redeployed, rss_mb, sample, scrape, stats, wait_for
 
-LONG = {"text": LOOPING_TEXT, "max_new_tokens": 256}  # 256 greedy steps: 0.1-0.15 s alone, longer among 16
+LONG = {"text": NUMBER_TEXT, "max_new_tokens": 256}  # 256 greedy steps: 0.1-0.15 s alone, longer among 16
 # Sixteen such texts in one request: 4,096 tokens, ~0.5-1 s of decoding here. One text alone can finish inside
 # a 100 ms deadline plus the ingress's 50 ms grace on a fast CPU (CI did once), so it would not test the deadline.
-WIDE = {"texts": [LOOPING_TEXT] * 16, "max_new_tokens": 256}
+WIDE = {"texts": [NUMBER_TEXT] * 16, "max_new_tokens": 256}
 
 
-def test_a_100ms_deadline_on_a_long_decode_answers_within_150ms(url, stub):
+def test_a_100ms_deadline_on_a_long_decode_answers_within_150ms(url, stub, long_decodes):
     http = requests.Session()
     http.post(url + "/v1/translate", json={"text": "warm"}, timeout=60)
     took = []
@@ -39,7 +39,7 @@ def test_a_100ms_deadline_on_a_long_decode_answers_within_150ms(url, stub):
     wait_for(lambda: stats("translator")["active"] == 0 and stats("translator")["waiting"] == 0, 5, "the decodes to stop")
 
 
-def test_a_thousand_cancelled_decodes_leave_no_trace(service, url):
+def test_a_thousand_cancelled_decodes_leave_no_trace(service, url, long_decodes):
     """Sequences cut off by their deadline free their KV cache: the translator replica's memory, the engine's queue
     and the in-flight gauges go back to where they were."""
     cancel_a_thousand(service, url)

@@ -270,7 +270,7 @@ def drained() -> bool:
     return s["active"] == 0 and s["waiting"] == 0
 
 
-def test_deadline_stops_the_decode_over_http(url):
+def test_deadline_stops_the_decode_over_http(url, long_decodes):
     """64 long sequences take ~0.7 s here; a 100 ms deadline answers 504 and takes them out of the loop."""
     before = stats("translator")
     started = time.monotonic()
@@ -283,7 +283,7 @@ def test_deadline_stops_the_decode_over_http(url):
     assert cut_short(before, stats("translator")) >= 32  # at least the second half never finished
 
 
-def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub):
+def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub, long_decodes):
     """The gRPC deadline cancels the call through Serve's proxy; the replica drops the call's sequences."""
     import grpc
 

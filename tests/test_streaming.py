@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from proto import inference_pb2 as pb
-from tests.servicekit import LOOPING_TEXT, reconfigured, sample, scrape, stats, wait_for
+from tests.servicekit import NUMBER_TEXT, reconfigured, sample, scrape, stats, wait_for
 
 
 def sse(url: str, body: dict, headers: dict | None = None, stop_after: int | None = None):
@@ -37,9 +37,9 @@ def full_translation(url: str, text: str) -> tuple[str, float]:
     return r.json()["translations"][0], time.monotonic() - started
 
 
-def test_sse_tokens_arrive_while_decoding(url):
-    expected, whole = full_translation(url, LOOPING_TEXT)  # 256 tokens: the model loops on this text
-    times, events = sse(url, {"text": LOOPING_TEXT, "max_new_tokens": 256})
+def test_sse_tokens_arrive_while_decoding(url, long_decodes):
+    expected, whole = full_translation(url, NUMBER_TEXT)  # 256 tokens: long_decodes
+    times, events = sse(url, {"text": NUMBER_TEXT, "max_new_tokens": 256})
     tokens = [e["token"] for kind, e in events[:-1]]
     assert all(kind == "message" for kind, _ in events)
     assert events[-1][1] == {"done": True, "translation": expected, "tokens": 256}
@@ -49,10 +49,10 @@ def test_sse_tokens_arrive_while_decoding(url):
     assert times[-1] - times[0] > 0.5 * whole  # and the rest trickles in as it is decoded, not all at once
 
 
-def test_grpc_stream_tokens_arrive_while_decoding(stub, url):
-    expected, whole = full_translation(url, LOOPING_TEXT)
+def test_grpc_stream_tokens_arrive_while_decoding(stub, url, long_decodes):
+    expected, whole = full_translation(url, NUMBER_TEXT)
     started, times, chunks = time.monotonic(), [], []
-    for chunk in stub.TranslateStream(pb.TranslateRequest(texts=[LOOPING_TEXT], max_new_tokens=256), timeout=60):
+    for chunk in stub.TranslateStream(pb.TranslateRequest(texts=[NUMBER_TEXT], max_new_tokens=256), timeout=60):
         times.append(time.monotonic() - started)
         chunks.append(chunk)
     assert chunks[-1].done and chunks[-1].translation == expected
@@ -66,16 +66,16 @@ def cancelled() -> int:
 
 @pytest.fixture
 def busy_translator(service, url):
-    """31 long decodes in the background, one short of the engine's batch of 32 so that the stream joins the
+    """31 long decodes (``ignore_eos``: to max_new_tokens) in the background, one short of the engine's batch of 32 so that the stream joins the
     running batch at once: every step is slower, the stream lasts ~1 s, and a disconnect cannot be overtaken by
     the sequence simply finishing. (With a full batch the stream would wait for the background to finish and
     then run alone, fast enough to end before the cancel lands.) The width is max_batch_size meanwhile, not the
     measured one (applied in place)."""
-    with reconfigured(service, "translator", {"max_batch_size": 32, "auto_width": False}):
+    with reconfigured(service, "translator", {"max_batch_size": 32, "auto_width": False, "ignore_eos": True}):
         wait_for(lambda: stats("translator")["batch_limit"] == 32, what="the width to be 32")
         width = stats("translator")["max_batch_size"] - 1
         thread = threading.Thread(target=requests.post, args=(url + "/v1/translate",),
-                                  kwargs={"json": {"texts": [LOOPING_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})
+                                  kwargs={"json": {"texts": [NUMBER_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})
         thread.start()
         wait_for(lambda: stats("translator")["active"] >= width, timeout=10, what="the background decodes")
         yield
@@ -84,7 +84,7 @@ def busy_translator(service, url):
 
 def test_sse_disconnect_frees_the_sequence(service, url, busy_translator):
     before = cancelled()
-    times, events = sse(url, {"text": LOOPING_TEXT, "max_new_tokens": 256}, stop_after=3)
+    times, events = sse(url, {"text": NUMBER_TEXT, "max_new_tokens": 256}, stop_after=3)
     assert len(events) == 3 and "token" in events[0][1]
     wait_for(lambda: cancelled() > before, timeout=2, what="the stream's sequence to be cancelled")
     # The in-flight gauge comes back down (Ray exports it every ~10 s).
@@ -94,7 +94,7 @@ def test_sse_disconnect_frees_the_sequence(service, url, busy_translator):
 
 def test_grpc_cancel_frees_the_sequence(stub, busy_translator):
     before = cancelled()
-    call = stub.TranslateStream(pb.TranslateRequest(texts=[LOOPING_TEXT], max_new_tokens=256), timeout=60)
+    call = stub.TranslateStream(pb.TranslateRequest(texts=[NUMBER_TEXT], max_new_tokens=256), timeout=60)
     first = next(call)
     assert first.token and not first.done
     call.cancel()
@@ -113,9 +113,9 @@ def test_sse_bad_input_is_refused_before_streaming(url, body, status):
     assert r.status_code == status and "error" in r.json(), r.text
 
 
-def test_sse_deadline_is_504_or_an_error_event(url):
+def test_sse_deadline_is_504_or_an_error_event(url, long_decodes):
     # 256 greedy steps take 0.1-0.15 s here; 30 ms stays well short of them on a CPU twice as fast
-    r = requests.post(url + "/v1/translate/stream", json={"text": LOOPING_TEXT, "max_new_tokens": 256},
+    r = requests.post(url + "/v1/translate/stream", json={"text": NUMBER_TEXT, "max_new_tokens": 256},
                       headers={"X-Request-Timeout-Ms": "30"}, stream=True, timeout=30)
     if r.status_code == 504:  # the deadline passed before the first token
         assert r.json()["error"]["code"] == "deadline_exceeded"

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from frontend_bench import Process, cpu_name, free_port  # noqa: E402
 
+# One of the longest decodes of the shipped translator: 19 tokens since its retraining (2026-12-02; it looped to
+# max_new_tokens before, and the repetition guard now ends any loop). Results committed before then decoded more.
 LOOPING_TEXT = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8
 
 
