@@ -8,6 +8,7 @@ import torch
 from models import checkpoint
 from models.captioner import Captioner, CaptionerConfig
 from models.layers import set_fused
+from models.repetition import runaway
 from models.translator import Translator, TranslatorConfig
 from models.vit import ViT, ViTConfig
 
@@ -84,6 +85,8 @@ def test_cached_greedy_equals_recomputing_the_prefix():
             if nxt == 3:
                 break
             prefix.append(nxt)
+            if runaway(prefix[1:]):  # the repetition guard ends a row the same way (this random model loops)
+                break
         assert hyp == prefix[1:]
 
 
