@@ -20,15 +20,28 @@ MAX_RUN = 4  # repetitions of one piece in a row that are allowed
 MAX_PIECE = 4  # the longest piece, in tokens, that the guard looks for
 
 
-def runaway(tokens: Sequence[int], max_run: int = MAX_RUN, max_piece: int = MAX_PIECE) -> bool:
-    """Whether ``tokens`` ends with one piece (1..``max_piece`` tokens) repeated ``max_run`` times in a row.
-    Looks only at the tail: O(max_piece × max_run) a call, cheap enough for every step of every sequence."""
+def runaway(tokens: Sequence[int], next_token: int | None = None, max_run: int = MAX_RUN, max_piece: int = MAX_PIECE) -> bool:
+    """Whether ``tokens`` (followed by ``next_token``, when given, without copying) ends with one piece of
+    1..``max_piece`` tokens repeated ``max_run`` times in a row.
+
+    Runs for every row at every decoding step, so it looks only at the tail and rejects at the first mismatch: a
+    tail of ``n * max_run`` tokens is such a run exactly when each of its tokens equals the one ``n`` before it.
+    About 1 µs for a row that is not repeating itself."""
+    size = len(tokens)
+    total = size + (next_token is not None)
     for n in range(1, max_piece + 1):
         span = n * max_run
-        if len(tokens) < span:
+        if total < span:
             return False
-        piece = list(tokens[-n:])
-        if all(list(tokens[len(tokens) - span + i : len(tokens) - span + i + n]) == piece for i in range(0, span - n, n)):
+        for back in range(span - n):  # back 0 is the last token
+            if next_token is None:
+                a, b = tokens[size - 1 - back], tokens[size - 1 - back - n]
+            else:
+                a = next_token if back == 0 else tokens[size - back]
+                b = tokens[size - back - n]
+            if a != b:
+                break
+        else:
             return True
     return False
 

@@ -76,3 +76,18 @@ def test_a_beam_state_takes_the_ended_hypothesis_as_it_would_an_eos():
     assert not state.finished
     state.advance_top(np.array([[6, 8], [6, 8]]), np.array([[-0.1, -3.0], [-0.1, -3.0]]))
     assert [6, 6, 6, 6] in [seq for _, seq in state.finished]
+
+
+def naive_runaway(tokens, max_run=MAX_RUN, max_piece=4):
+    """The definition, spelled out: some piece of 1..max_piece tokens, repeated max_run times, is the tail."""
+    return any(len(tokens) >= n * max_run and list(tokens[-n * max_run:]) == list(tokens[-n:]) * max_run
+               for n in range(1, max_piece + 1))
+
+
+def test_the_fast_check_is_the_definition_with_and_without_a_next_token():
+    rng = np.random.default_rng(0)
+    for _ in range(20_000):
+        tokens = [int(t) for t in rng.integers(0, 3, rng.integers(0, 20))]  # 3 symbols: runs are common
+        assert runaway(tokens) == naive_runaway(tokens), tokens
+        nxt = int(rng.integers(0, 3))
+        assert runaway(tokens, nxt) == naive_runaway(tokens + [nxt]), (tokens, nxt)

@@ -327,7 +327,7 @@ class DecodeEngine:
                 seq.tokens.append(token)
                 if seq.on_token is not None:
                     seq.on_token(token)
-                if runaway(seq.tokens) and not self.options.ignore_eos:
+                if not self.options.ignore_eos and runaway(seq.tokens):
                     self._finish(seq, "repetition")
                 elif len(seq.tokens) >= seq.max_new_tokens:
                     self._finish(seq, "length")

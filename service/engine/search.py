@@ -74,7 +74,7 @@ class BeamState:
                 self.finished.append((score / self.norm(len(self.seqs[beam]) + 1), self.seqs[beam]))
                 self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
                 continue
-            if not self.ignore_eos and runaway(self.seqs[beam] + [token]):  # the guard: this ends the hypothesis, as EOS would
+            if not self.ignore_eos and runaway(self.seqs[beam], token):  # the guard: this ends the hypothesis, as EOS would
                 ended = self.seqs[beam] + [token]
                 self.finished.append((score / self.norm(len(ended) + 1), ended))
                 self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
