@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import socket
 import tempfile
 from pathlib import Path
@@ -23,13 +24,20 @@ APP_NAME = "inference"
 
 # Serve's fastest ingress here, measured against the default by tests/benchmarks/frontend_bench.py (BENCHMARKS.md):
 # HAProxy in front of the replicas instead of Serve's Python proxy, Serve's throughput preset (user code on the
-# replica's event loop, buffered request logs), no HAProxy request metrics (HAProxy sends one syslog message per
-# request to a Python actor for them; the service's own request metrics are kept) and the controller's loop every
-# 0.5 s instead of 0.1 s (background CPU that showed up per request at these rates). Read by Ray when it starts,
-# so they are environment variables: `make run` and the container image set them; a value already set wins
-# (RAY_SERVE_ENABLE_HA_PROXY=0 brings Serve's own proxy back).
+# replica's event loop, buffered request logs) and the controller's loop every 0.5 s instead of 0.1 s (background CPU
+# that showed up per request at these rates). HAProxy's request metrics stay on (Serve's default): HAProxy logs every
+# HTTP request to a Python actor, so what HAProxy answers itself (502 for a replica that died mid-request, 503 with
+# no replica) is counted, and those counters outlive HAProxy's reloads (its own reset on every replica change).
+# A request whose replica dies before answering anything is tried again on another replica (`empty-response`,
+# beside Serve's `conn-failure`): inference requests have no side effects. Three retries, HAProxy's default: HAProxy
+# balances by least connections and marks a dead server down only after 3 layer-4 errors, so with one retry a call
+# could go to the dead replica twice (2 × 500 in one kill of six with one retry). The price: a request that itself
+# kills replicas can take down up to four before it fails; requests are validated and bounded before they reach a
+# model. Read by Ray when it starts, so they are environment variables: `make run` and the container image set them;
+# a value already set wins (RAY_SERVE_ENABLE_HA_PROXY=0 brings Serve's own proxy back).
 SERVE_ENVIRONMENT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
+                     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+                     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response", "RAY_SERVE_HAPROXY_RETRIES": "3"}
 # HAProxy's files and side ports default to fixed places (/tmp/haproxy-serve, ports 8404 and 9101): two instances
 # on one machine would fight over them, so every instance gets its own.
 HAPROXY_INSTANCE_VARIABLES = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
@@ -43,24 +51,49 @@ HAPROXY_INSTANCE_VARIABLES = ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HA
 LOCAL_DRAINING = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default min/max_worker_port
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now, outside the ranges Ray takes its own ports from when the service starts.
+
+    A port the OS hands out for port 0 is in its ephemeral range, where Ray's raylet and agents also bind
+    port 0 a moment later: a fresh-clone CI run once lost every service test to a raylet that took the HTTP port
+    chosen for HAProxy, and a benchmark's service once failed to start on HAProxy's stats port (chosen that way,
+    "Address already in use"). Ports between Ray's worker range and the ephemeral range are left alone by both."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    pool = list(range(_RAY_WORKER_PORTS.stop, ephemeral_low))
+    random.shuffle(pool)
+    ports: list[int] = []
+    for port in pool:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # HAProxy binds its side ports on every address
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports between {_RAY_WORKER_PORTS.stop} and {ephemeral_low}")
 
 
 def serve_environment(instance: str) -> dict[str, str]:
     """What to put in the environment before a single-machine ``ray.init``: SERVE_ENVIRONMENT, LOCAL_DRAINING and
     HAProxy's per-instance places."""
     base = Path(tempfile.gettempdir()) / f"haproxy-serve-{instance}"
+    stats_port, metrics_port = free_ports(2)
     return dict(SERVE_ENVIRONMENT) | LOCAL_DRAINING | {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
     }
 
 

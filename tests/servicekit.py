@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import random
-import socket
 import time
 import typing
 
 from service import config as serve_config
+from service.config import free_ports  # one place: the service picks HAProxy's side ports with it
 
 LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 6  # ≤ 512 chars
 # One of the longest decodes of the shipped translator (19 tokens and EOS). It once looped until max_new_tokens;
@@ -27,35 +26,6 @@ class Service(typing.NamedTuple):
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-_RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default min/max_worker_port
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now, outside the ranges Ray takes its own ports from when the service starts.
-
-    A port the OS hands out for port 0 is in its ephemeral range, where Ray's raylet and agents also bind
-    port 0 a moment later: a fresh-clone CI run once lost every service test to a raylet that took the HTTP port
-    chosen for HAProxy. Ports between Ray's worker range and the ephemeral range are left alone by both."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    pool = list(range(_RAY_WORKER_PORTS.stop, ephemeral_low))
-    random.shuffle(pool)
-    ports: list[int] = []
-    for port in pool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"no {n} free ports between {_RAY_WORKER_PORTS.stop} and {ephemeral_low}")
 
 
 _HANDLE_LOOP = None

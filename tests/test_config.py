@@ -84,6 +84,18 @@ def test_the_builder_takes_the_files_args():
         call_user_app_builder_with_args_if_necessary(build_app, {"repositry": "/models"})
 
 
+def test_each_instance_gets_haproxy_side_ports_outside_the_ranges_ray_binds_from():
+    """HAProxy's stats and metrics ports are chosen per instance, free, and never in the kernel's ephemeral range or
+    Ray's worker range, where Ray's processes bind port 0 between the choice and HAProxy's start."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for instance in ("a", "b"):
+        env = serve_config.serve_environment(instance)
+        ports = [int(env[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")]
+        assert len(set(ports)) == 2 and all(20000 <= p < low for p in ports), ports
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"  # HAProxy's 5xx are counted (RELIABILITY.md runbook)
+        assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure empty-response"
+
+
 def test_ray_serve_run_deploys_the_file(repo, tmp_path):
     """`serve run` (Ray's CLI) on the file, localized for this GPU-less machine: the routes answer."""
     port, grpc_port = free_port(), free_port()

@@ -122,7 +122,7 @@ def test_every_ray_container_and_the_image_run_serve_as_make_run_does():
                 assert env.get(key) == value, (container["name"], key)
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for key, value in serve_config.SERVE_ENVIRONMENT.items():
-        assert f"{key}={value}" in dockerfile, key
+        assert f"{key}={value}" in dockerfile or f'{key}="{value}"' in dockerfile, key
 
 
 def test_serve_config_v2_is_the_serve_config_and_valid_for_serve():

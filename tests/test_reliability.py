@@ -1,5 +1,6 @@
 """Deadlines and cancellation under load: a deadline ends the work, and a thousand abandoned decodes leave nothing behind."""
 
+import re
 import statistics
 import threading
 import time
@@ -141,12 +142,13 @@ def test_under_overload_goodput_holds_refusals_are_quick_and_no_client_is_left_w
     wait_for(lambda: stats("translator")["active"] == 0, 10, "the engine to drain")
 
 
-def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(service, url):
+def test_a_killed_replica_is_replaced_its_calls_are_retried_and_haproxy_counts_them(service, url):
     """SIGKILL one of two serving replicas under load. A replica holds the three models (one hop from client to
-    model, as a Triton server does), so fault tolerance is a second replica: the requests the dead process held are
-    cut (a prompt connection reset, never a hang), HAProxy sends the rest to the live replica (200s), and Serve starts a
-    replacement. (With a single replica every request waits at Serve's fallback proxy until a new one is up:
-    RELIABILITY.md, faults.)"""
+    model, as a Triton server does), so fault tolerance is a second replica: a call the dead process held is tried
+    again on the live one (HAProxy's `retry-on empty-response`: inference calls have no side effects), the rest go
+    to the live replica, and Serve starts a replacement. HAProxy's count of the calls (Serve's HAProxy request
+    metrics, kept in a Python actor) survives the reload that follows the replica change. (With a single replica
+    every request waits at Serve's fallback proxy until a new one is up: RELIABILITY.md, faults.)"""
     import collections
     import os
     import signal
@@ -165,19 +167,26 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
             try:
                 r = http.post(url + "/v1/classify", json=body, headers={"X-Request-Timeout-Ms": str(int(deadline_s * 1e3))},
                               timeout=deadline_s + 5)
-                results.append((r.status_code, time.monotonic() - started))
+                results.append((r.status_code, time.monotonic() - started, started))
             except requests.ConnectionError:  # the connection the killed process held
-                results.append(("reset", time.monotonic() - started))
+                results.append(("reset", time.monotonic() - started, started))
             except requests.RequestException as e:  # a hang: a failure here
-                results.append((type(e).__name__, time.monotonic() - started))
+                results.append((type(e).__name__, time.monotonic() - started, started))
 
     def running() -> int:
         return serve.status().applications[serve_config.APP_NAME].deployments["Server"].replica_states.get("RUNNING", 0)
+
+    def counted() -> dict[str, float]:  # HAProxy's count of inference calls (POST), by status
+        text = scrape(service)
+        return {code: sample(text, "ray_serve_num_http_requests_total", method="POST", status_code=code) or 0.0
+                for code in set(re.findall(r'ray_serve_num_http_requests_total\{[^}]*method="POST"[^}]*status_code="(\w+)"', text))}
 
     two = {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 256}
     with redeployed(service, autoscaling_config=two):
         wait_for(lambda: running() == 2, 180, "two replicas")
         wait_for(lambda: requests.get(url + "/readyz", timeout=30).status_code == 200, 60, "/readyz")
+        time.sleep(12)  # Ray's agent exports every ~10 s: the count before, settled
+        before = counted()
         old = stats("classifier")["pid"]
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
@@ -196,15 +205,31 @@ def test_a_killed_replica_is_replaced_while_clients_get_answers_or_clean_errors(
             stop.set()
             for t in threads:
                 t.join(60)
-    codes = collections.Counter(code for code, _ in results)
-    # a call the dead process held is reset; one HAProxy had just handed to Serve's fallback proxy for it may come back
-    # 500/502/503 (the proxy's call to the dead replica failed): a server fault, not a hang, and only at the crash
-    cut = sorted((round(t, 2), c) for c, t in results if c != 200)
-    assert set(codes) <= {200, "reset", 500, 502, 503}, (codes, cut)
-    assert sum(n for c, n in codes.items() if c != 200) <= 2 * 4, cut  # at most about the calls in flight at the kill
-    assert max(took for _, took in results) < deadline_s + 1.0, max(took for _, took in results)
-    assert served_after and all(code == 200 for code, _ in served_after), collections.Counter(c for c, _ in served_after)
-    print(f"killed replica {old}: {dict(codes)} over {len(results)} requests; Serve counted 2 replicas running again {replaced:.1f} s after the kill")
+    codes = collections.Counter(code for code, _, _ in results)
+    cut = sorted((round(at - killed_at, 2), round(t, 2), c) for c, t, at in results if c != 200)  # (sent, took, answer), s after the kill
+    # A call the dead replica held is tried again on the live one (HAProxy's `retry-on empty-response`), so almost
+    # every call is answered; a call caught in the instant of the kill can still come back as a reset or HAProxy's own
+    # error page (500): at most the calls in flight then, sent within a moment of the kill, answered at once.
+    assert set(codes) <= {200, "reset", 500}, (codes, cut)
+    assert sum(n for c, n in codes.items() if c != 200) <= 4, cut
+    assert all(abs(sent) < 0.5 and took < 1.0 for sent, took, _ in cut), cut
+    assert max(took for _, took, _ in results) < deadline_s + 1.0, max(took for _, took, _ in results)
+    assert served_after and all(code == 200 for code, _, _ in served_after), collections.Counter(c for c, _, _ in served_after)
+
+    # HAProxy reloaded when the replica set changed (its own counters restart then); this count did not. It counts
+    # from HAProxy's log datagrams, which the kernel drops when the Python actor reading them falls behind (measured:
+    # 98.4-100 % of the 200s on two saturated vCPUs), so the 200s are held to 95 %; no 5xx beyond the clients' 500s (a
+    # reset answers nothing, so nothing logs it).
+    def counted_since() -> tuple[float, float]:
+        now = counted()
+        grew = {c: now[c] - before.get(c, 0.0) for c in now}
+        return grew.get("200", 0.0), sum(v for c, v in grew.items() if c.startswith("5"))
+    deadline = time.monotonic() + 60
+    while counted_since()[0] < codes[200] and time.monotonic() < deadline:  # Ray's agent exports every ~10 s
+        time.sleep(2)
+    ok, errors = counted_since()
+    assert 0.95 * codes[200] <= ok <= codes[200] and errors <= codes[500], (ok, errors, codes)
+    print(f"killed replica {old}: {dict(codes)} over {len(results)} requests; HAProxy counted {ok:.0f} 200s and {errors:.0f} 5xx; Serve counted 2 replicas running again {replaced:.1f} s after the kill")
 
 
 def test_restarting_the_application_keeps_no_state(service, url):

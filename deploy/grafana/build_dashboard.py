@@ -26,6 +26,11 @@ PANELS = [
                                       "legendFormat": "{{model}} {{protocol}}"}]),
     ("Errors per second by code", "reqps", [{"expr": f"sum by (model, code) (rate(ray_inference_errors_total{{{SEL}}}[{RATE}]))",
                                             "legendFormat": "{{model}} {{code}}"}]),
+    # HAProxy's count of every HTTP inference call (no model label: it sees routes), the only count of what no replica
+    # answered (502: a replica died mid-request; 503 beyond the replicas' refusals: no replica)
+    ("HTTP answers at the ingress (HAProxy) by status", "reqps", [{
+        "expr": f'sum by (status_code) (rate(ray_serve_num_http_requests_total{{ray_io_cluster=~"$cluster", method="POST", application!=""}}[{RATE}]))',
+        "legendFormat": "{{status_code}}"}]),
     ("End-to-end latency (p50 / p95 / p99)", "s", quantiles("ray_inference_request_duration_seconds", "model, protocol")),
     ("Queue time (p50 / p99)", "s", quantiles("ray_inference_queue_duration_seconds", "model", (0.5, 0.99))),
     ("Compute time per stage (p50 / p99)", "s", quantiles("ray_inference_compute_duration_seconds", "model, stage", (0.5, 0.99))),

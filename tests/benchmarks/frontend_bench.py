@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -46,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
 
+from service.config import SERVE_ENVIRONMENT, free_ports  # noqa: E402
+
 VARIANTS = {
     "triton": None,
     "serve": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
@@ -56,6 +57,9 @@ VARIANTS = {
     "serve-lean": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"},
 }
+# what `make run` uses now: serve-lean plus HAProxy's request metrics and a retry of a request whose replica died
+# unanswered (service/config.py)
+VARIANTS["serve-now"] = dict(SERVE_ENVIRONMENT)
 MODELS = ("echo", "classifier")
 TRANSPORTS = ("http", "hey", "grpc")  # hey: the same HTTP request from Debian's Go load generator (closed loop only)
 PYTRITON_ENV = ROOT / ".bench" / "pytriton"
@@ -63,9 +67,7 @@ PYTRITON_PINS = ["nvidia-pytriton==0.7.0", "requests"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def cpu_name() -> str:
