@@ -1,4 +1,5 @@
-"""``python -m export [--device cpu|cuda] [--precision fp32|fp16|int8] [--out DIR]``."""
+"""``python -m export [--device cpu|cuda] [--precision fp32|fp16|int8] [--out DIR]``, or
+``python -m export --hf PATH --name NAME [--out DIR]`` (a Hugging Face checkpoint: ``export.hf``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="repository directory (default model_repository/)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="export only these")
     parser.add_argument("--no-check", action="store_true", help="skip the test-split parity/quality checks (graph and fusion checks still run)")
+    parser.add_argument("--hf", type=Path, metavar="PATH", help="import a Hugging Face checkpoint (a save_pretrained directory) instead; needs --name and the [hf] extra")
+    parser.add_argument("--name", help="the imported model's name in the repository (with --hf)")
     args = parser.parse_args(argv)
+    if args.hf is not None:
+        return import_hf(parser, args)
     if args.device == "cuda":
         import onnxruntime as ort
 
@@ -32,6 +37,27 @@ def main(argv: list[str] | None = None) -> int:
         quality = {k: v for k, v in cfg.get("quality", {}).items() if k != "measured_on"}
         print(f"{name}: {cfg['fused_attention']} {quality}")
     print(f"wrote {args.out}/")
+    return 0
+
+
+def import_hf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not args.name:
+        parser.error("--hf needs --name (the model's directory in the repository)")
+    if args.precision != "fp32" or args.device != "cpu":
+        parser.error("--hf imports fp32 on the CPU for now (its parity check against transformers is fp32)")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        parser.error("--hf needs transformers: pip install -e '.[hf]'")
+    from export.hf import import_checkpoint
+
+    try:
+        config = import_checkpoint(args.hf, args.name, args.out)
+    except ExportError as e:
+        print(f"import failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {config['architecture']} {config['fused_attention']} {config['quality']}")
+    print(f"wrote {args.out}/{args.name}/1/")
     return 0
 
 

@@ -111,7 +111,7 @@ class DecoderStepGraph(nn.Module):
         return (logits[:, -1],) + tuple(k for k, _ in present) + tuple(v for _, v in present)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, dynamic_shapes: Any, inputs: list[str], outputs: list[str]) -> None:
+def export_graph(module: nn.Module, args: tuple, path: Path, dynamic_shapes: Any, inputs: list[str], outputs: list[str]) -> None:
     log = io.StringIO()  # the exporter narrates every stage on stdout: keep it for errors only
     with warnings.catch_warnings(), contextlib.redirect_stdout(log):
         warnings.simplefilter("ignore")
@@ -159,7 +159,7 @@ def _is_fused(model: nn.Module) -> bool:
 def export_classifier(model: nn.Module, directory: Path) -> dict[str, Any]:
     c = model.config
     path = directory / "model.onnx"
-    _export(ClassifierGraph(model), (torch.rand(2, 1, c.image_size, c.image_size),), path,
+    export_graph(ClassifierGraph(model), (torch.rand(2, 1, c.image_size, c.image_size),), path,
             ({0: Dim("batch", min=1, max=4096)},), ["images"], ["logits"])
     return {"model.onnx": check_fused(path, c.layers, _is_fused(model))}
 
@@ -177,7 +177,7 @@ def export_encoder_decoder(model: nn.Module, directory: Path, text_source: bool)
         enc_args, enc_ds, enc_in = (torch.rand(2, 1, c.image_size, c.image_size),), ({0: batch},), ["images"]
         enc_attn, s = c.encoder_layers, (c.image_size // c.patch_size) ** 2
         src = None  # the number of patches is fixed
-    _export(enc, enc_args, enc_path, enc_ds, enc_in, kv_names("cross", n))
+    export_graph(enc, enc_args, enc_path, enc_ds, enc_in, kv_names("cross", n))
     b, p = 2, 3
     rnd = lambda length: [torch.randn(b, heads, length, d_head) for _ in range(n)]
     args = (torch.randint(4, 20, (b, 1)), torch.full((b, 1), p), torch.ones(b, p + 1, dtype=torch.bool),
@@ -186,7 +186,7 @@ def export_encoder_decoder(model: nn.Module, directory: Path, text_source: bool)
     dyn = ({0: batch}, {0: batch}, {0: batch, 1: past + 1}, {0: batch} if src is None else {0: batch, 1: src},
            [{0: batch, 2: past}] * n, [{0: batch, 2: past}] * n, [src_dim] * n, [src_dim] * n)
     inputs = ["input_ids", "position_ids", "self_mask", "cross_mask"] + kv_names("past_key_values", n) + kv_names("cross", n)
-    _export(DecoderStepGraph(model.decoder), args, dec_path, dyn, inputs, ["logits"] + kv_names("present", n))
+    export_graph(DecoderStepGraph(model.decoder), args, dec_path, dyn, inputs, ["logits"] + kv_names("present", n))
     add_step_io(dec_path)  # in-graph cache reorder and top-k (export/step_io.py)
     fused = _is_fused(model)
     return {"encoder.onnx": check_fused(enc_path, enc_attn, fused), "decoder.onnx": check_fused(dec_path, 2 * n, fused)}

@@ -34,7 +34,7 @@ from torch.export import Dim
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx import _export, export_classifier, export_encoder_decoder  # noqa: E402
+from export.onnx import export_classifier, export_graph, export_encoder_decoder  # noqa: E402
 from export.repository import runtime_config  # noqa: E402
 from models import checkpoint  # noqa: E402
 from models.data import digits as digit_data  # noqa: E402
@@ -72,7 +72,7 @@ def export_full_prefix(model: Translator, path: Path) -> None:
     args = (torch.randint(4, 20, (2, 4)), torch.ones(2, 5, dtype=torch.bool),
             [torch.randn(2, h, 5, dh) for _ in range(n)], [torch.randn(2, h, 5, dh) for _ in range(n)])
     ds = ({0: b, 1: t}, {0: b, 1: s}, [{0: b, 2: s}] * n, [{0: b, 2: s}] * n)
-    _export(FullPrefixDecoderGraph(model.decoder), args, path, ds, ["input_ids", "cross_mask"] + kv_names("cross", n), ["logits"])
+    export_graph(FullPrefixDecoderGraph(model.decoder), args, path, ds, ["input_ids", "cross_mask"] + kv_names("cross", n), ["logits"])
 
 
 def timed(fn, repeats: int) -> float:
