@@ -53,8 +53,12 @@ class _Item:
 
 
 class ClassifierHost:
-    def __init__(self, directory: Path, runtime_options: RuntimeOptions) -> None:
+    """One classification model (the shipped digit classifier, or an imported checkpoint named ``name``)."""
+
+    def __init__(self, directory: Path, runtime_options: RuntimeOptions, name: str = "classifier") -> None:
+        self.name = name
         self.config = load_config(directory)
+        self.input_shape = tuple(self.config["inputs"]["images"]["shape"][1:])  # (C, H, W)
         self.session = create_session(directory / "model.onnx", runtime_options)
         self.labels = list(self.config["labels"])
         self.options = BatchOptions()
@@ -68,8 +72,7 @@ class ClassifierHost:
     def reconfigure(self, user_config: dict) -> None:
         self.options, self.largest_batch = BatchOptions.from_user_config(user_config), 0
         if self.provider == CUDA:  # each batch size's first run plans its kernels: not on a request's time
-            size = self.config["inputs"]["images"]["shape"][-1]
-            warm_up(lambda b: self.session.run(None, {"images": np.zeros((b, 1, size, size), np.float32)}),
+            warm_up(lambda b: self.session.run(None, {"images": np.zeros((b, *self.input_shape), np.float32)}),
                     self.options.max_batch_size)
 
     def stats(self) -> dict:
@@ -87,14 +90,14 @@ class ClassifierHost:
     def ready(self) -> bool:
         if self.provider_problem is not None:
             return False
-        return self.session.run(None, {"images": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, len(self.labels))
+        return self.session.run(None, {"images": np.zeros((1, *self.input_shape), np.float32)})[0].shape == (1, len(self.labels))
 
     async def probabilities(self, job: ClassifyJob) -> np.ndarray:
         """``(N, classes)`` float32, in label order."""
         n = len(job.images)
         if self._waiting + n > self.options.max_queue:
-            metrics().inc("inference_rejected_total", model="classifier", reason="queue_full")
-            raise errors.overloaded(f"classifier: {self._waiting} images waiting, the limit is {self.options.max_queue}")
+            metrics().inc("inference_rejected_total", model=self.name, reason="queue_full")
+            raise errors.overloaded(f"{self.name}: {self._waiting} images waiting, the limit is {self.options.max_queue}")
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             self._wakeup = asyncio.Event()
@@ -142,17 +145,17 @@ class ClassifierHost:
     async def _run(self, loop, batch: list[_Item]) -> None:
         started, m = time.monotonic(), metrics()
         for item in batch:
-            m.observe("inference_queue_duration_seconds", started - item.queued_at, model="classifier")
+            m.observe("inference_queue_duration_seconds", started - item.queued_at, model=self.name)
         stacked = batch[0].images if len(batch) == 1 else np.concatenate([item.images for item in batch])
         try:
             probs = await loop.run_in_executor(self._executor, self._probabilities, stacked)
         except Exception as e:  # noqa: BLE001 - a failed run fails its requests, not the batcher
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(errors.failed(f"classifier: {e.__class__.__name__}: {e}"))
+                    item.future.set_exception(errors.failed(f"{self.name}: {e.__class__.__name__}: {e}"))
             return
-        m.observe("inference_compute_duration_seconds", time.monotonic() - started, model="classifier", stage="batch")
-        m.observe("inference_batch_size", len(stacked), model="classifier", stage="batch")
+        m.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.name, stage="batch")
+        m.observe("inference_batch_size", len(stacked), model=self.name, stage="batch")
         self.largest_batch = max(self.largest_batch, len(stacked))
         start = 0
         for item in batch:

@@ -19,10 +19,13 @@ import numpy as np
 
 from service import errors
 from service.decoding import DecodingOptions
-from service.images import BadImage, ImageTooLarge, MAX_SIDE, digit_array, digit_input, scene_input
+from service.images import BadImage, ImageTooLarge, MAX_SIDE, digit_array, digit_input, picture_array, picture_input, scene_input
 
-MODELS = ("translator", "classifier", "captioner")
+MODELS = ("translator", "classifier", "captioner")  # the shipped models: every repository has them
 TASKS = {"translator": "translate", "classifier": "classify", "captioner": "caption"}
+TASK_OF = {"translator": "translation", "classifier": "classification", "captioner": "captioning"}
+DEFAULT_MODEL = {task: name for name, task in TASK_OF.items()}  # what a request without "model" gets
+SERVED_EXTRA_TASKS = ("classification",)  # tasks a repository's other models (imported checkpoints) may have
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +88,10 @@ class TranslateJob:
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyJob:
-    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1], preprocessed as the model takes them
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1], preprocessed as the model takes them
     top_k: int = TOP_K.default
     deadline: Deadline | None = None
+    model: str = "classifier"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +110,38 @@ class ModelInfo:
     positions: int | None = None  # decoder positions: tokens one sequence can generate at most
     image_size: int | None = None
     labels: tuple[str, ...] = ()
+    task: str = ""
+    processing: dict | None = None  # an imported checkpoint's own image processing (size, color, resample)
 
     @classmethod
     def from_config(cls, name: str, config: dict) -> "ModelInfo":
         decoder, encoder = config.get("decoder") or {}, config.get("encoder") or {}
         image_size = encoder.get("image_size") or (config.get("model_config") or {}).get("image_size")
-        return cls(name, decoder.get("max_len"), image_size, tuple(config.get("labels") or ()))
+        task = config.get("task") or TASK_OF.get(name)
+        if task is None:
+            raise ValueError(f"model '{name}': its config.json names no task")
+        return cls(name, decoder.get("max_len"), image_size, tuple(config.get("labels") or ()), task, config.get("processing"))
+
+    @property
+    def channels(self) -> int:
+        return self.processing["channels"] if self.processing else 1
+
+
+def repository_configs(repository: str | Path) -> dict[str, dict]:
+    """Every model of a repository (a directory ``NAME/1/config.json`` each): the shipped three first, then the others
+    by name. A model of a task this service cannot serve for an extra model is refused by name."""
+    repository = Path(repository)
+    configs = {m: json.loads((repository / m / "1" / "config.json").read_text()) for m in MODELS}
+    for path in sorted(repository.glob("*/1/config.json")):
+        name = path.parent.parent.name
+        if name in configs or name.startswith("."):
+            continue
+        config = json.loads(path.read_text())
+        if config.get("task") not in SERVED_EXTRA_TASKS:
+            raise ValueError(f"model '{name}' ({path}): task {config.get('task')!r} is not served for a model of the "
+                             f"repository's own yet (served: {', '.join(SERVED_EXTRA_TASKS)}, and the shipped three)")
+        configs[name] = config
+    return configs
 
 
 def b64(data, field: str) -> bytes:
@@ -166,13 +196,29 @@ class Contract:
 
     @classmethod
     def from_repository(cls, repository: str | Path) -> "Contract":
-        return cls({m: json.loads((Path(repository) / m / "1" / "config.json").read_text()) for m in MODELS})
+        return cls(repository_configs(repository))
 
     def model(self, name: str) -> ModelInfo:
         info = self.models.get(name)
         if info is None:
             raise errors.not_found(f"unknown model '{name}'; models: {', '.join(self.models)}")
         return info
+
+    def for_task(self, model, task: str) -> str:
+        """The model a request names (``None``: the shipped model of ``task``): 404 if unknown, 422 if it does
+        another task."""
+        if model is None:
+            return DEFAULT_MODEL[task]
+        if not isinstance(model, str):
+            raise errors.out_of_range(f"model must be a string, got {model!r}")
+        info = self.model(model)
+        if info.task != task:
+            serving = [n for n, i in self.models.items() if i.task == task]
+            raise errors.out_of_range(f"model '{model}' does {info.task}, not {task}; {task} models: {', '.join(serving)}")
+        return model
+
+    def names(self, task: str) -> list[str]:
+        return [n for n, i in self.models.items() if i.task == task]
 
     def _options(self, model: str, beam_size, max_new_tokens, tokens: Range, stream: bool) -> DecodingOptions:
         beam = BEAM_SIZE.check(beam_size, "beam_size")
@@ -196,10 +242,11 @@ class Contract:
         return TranslateJob(checked, options, _flag(return_attention, "return_attention"), deadline)
 
     def _images(self, model: str, payloads, field: str, decode) -> np.ndarray:
-        """Image bytes → one ``(N, 1, S, S)`` array, each decoded and validated once."""
+        """Image bytes → one ``(N, C, S, S)`` array, each decoded and validated once."""
         payloads = counted(payloads, field)
-        size = self.model(model).image_size
-        out = np.empty((len(payloads), 1, size, size), dtype=np.float32)
+        info = self.model(model)
+        size = info.image_size
+        out = np.empty((len(payloads), info.channels, size, size), dtype=np.float32)
         for i, data in enumerate(payloads):
             try:
                 out[i] = decode(data, size)
@@ -209,24 +256,39 @@ class Contract:
                 raise errors.invalid("invalid_image", f"{field}[{i}]: {e}") from None
         return out
 
-    def classify(self, payloads, *, top_k=None, deadline: Deadline | None = None, field: str = "images") -> ClassifyJob:
-        """Encoded pictures (PNG/JPEG/BMP, any size) of digits."""
+    def classify(self, payloads, *, top_k=None, model=None, deadline: Deadline | None = None, field: str = "images") -> ClassifyJob:
+        """Encoded pictures (PNG/JPEG/BMP, any size): of digits for the shipped classifier; for an imported model,
+        converted and resized as its own image processor does."""
         top_k = TOP_K.check(top_k, "top_k")
-        return ClassifyJob(self._images("classifier", payloads, field, digit_input), top_k, deadline)
+        model = self.for_task(model, "classification")
+        info = self.model(model)
+        if info.processing is None:
+            decode = digit_input
+        else:
+            p = info.processing
+            decode = lambda data, _size: picture_input(data, tuple(p["size"]), p["color"], p.get("resample"))
+        return ClassifyJob(self._images(model, payloads, field, decode), top_k, deadline, model)
 
-    def classify_array(self, images: np.ndarray, *, top_k=None, deadline: Deadline | None = None,
+    def classify_array(self, images: np.ndarray, *, top_k=None, model=None, deadline: Deadline | None = None,
                        field: str = "images") -> ClassifyJob:
-        """Grayscale ``[N, 1, H, W]`` pictures in [0, 1] (the Open Inference Protocol's FP32 input), any size."""
+        """``[N, C, H, W]`` pictures in [0, 1] (the Open Inference Protocol's FP32 input), any size: grayscale
+        (C = 1) for the shipped classifier, the model's own channels for an imported one."""
         top_k = TOP_K.check(top_k, "top_k")
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise errors.invalid("invalid_tensor", f"{field}: shape must be [N, 1, H, W], got {list(images.shape)}")
+        model = self.for_task(model, "classification")
+        info = self.model(model)
+        if images.ndim != 4 or images.shape[1] != info.channels:
+            raise errors.invalid("invalid_tensor", f"{field}: shape must be [N, {info.channels}, H, W], got {list(images.shape)}")
         counted(range(images.shape[0]), field)
         if max(images.shape[2:]) > MAX_SIDE or min(images.shape[2:]) < 1:
             raise errors.too_large("image_too_large", f"{field}: {images.shape[2]}×{images.shape[3]}; sides must be 1..{MAX_SIDE}")
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise errors.invalid("invalid_tensor", f"{field}: values must be finite and within [0, 1]")
-        size = self.model("classifier").image_size
-        return ClassifyJob(np.stack([digit_array(np.asarray(x[0], np.float32), size) for x in images]), top_k, deadline)
+        if info.processing is None:
+            size = info.image_size
+            return ClassifyJob(np.stack([digit_array(np.asarray(x[0], np.float32), size) for x in images]), top_k, deadline, model)
+        p = info.processing
+        return ClassifyJob(np.stack([picture_array(np.asarray(x, np.float32), tuple(p["size"]), p.get("resample")) for x in images]),
+                           top_k, deadline, model)
 
     def caption(self, payloads, *, beam_size=None, max_new_tokens=None, return_attention=None,
                 deadline: Deadline | None = None, field: str = "image") -> CaptionJob:
@@ -246,7 +308,7 @@ class Contract:
                           "max_new_tokens_default": tokens.default, "max_new_tokens_decoded": info.positions}
             if name == "translator":
                 entry["max_text_chars"] = MAX_TEXT_CHARS
-            if name == "classifier":
+            if info.task == "classification":
                 entry["top_k"] = [TOP_K.low, TOP_K.high]
             out[name] = entry
         return out

@@ -80,6 +80,33 @@ def scene_input(data: bytes, size: int = 32) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
+# PIL's filters by the numbers Hugging Face image processors store as ``resample``
+RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC, 4: Image.BOX, 5: Image.HAMMING}
+
+
+def picture_input(data: bytes, size: tuple[int, int], color: str = "RGB", resample: int | None = 2) -> np.ndarray:
+    """Any picture → ``(C, H, W)`` float32 pixel values / 255, for a model that states its processing (an imported
+    checkpoint): converted to ``color`` ("RGB" or "L") and resized to ``size`` (height, width) with its filter, as its
+    own image processor does; the graph normalises."""
+    image = decode(data).convert(color)
+    return _picture(image, size, resample)
+
+
+def picture_array(pixels: np.ndarray, size: tuple[int, int], resample: int | None = 2) -> np.ndarray:
+    """``picture_input`` for a ``(C, H, W)`` array in [0, 1] (the Open Inference Protocol's FP32 input)."""
+    quantized = np.rint(np.moveaxis(pixels, 0, -1) * 255).astype(np.uint8)
+    image = Image.fromarray(quantized[..., 0] if quantized.shape[-1] == 1 else quantized)
+    return _picture(image, size, resample)
+
+
+def _picture(image: Image.Image, size: tuple[int, int], resample: int | None) -> np.ndarray:
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), RESAMPLE.get(2 if resample is None else resample, Image.BILINEAR))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """uint8 ``(H, W)`` → PNG bytes (for clients and tests)."""
     buf = io.BytesIO()

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe v2 / Triton's HTTP and gRPC inference API) for the three models.
+"""The Open Inference Protocol (KServe v2 / Triton's HTTP and gRPC inference API) for the repository's models.
 
 Transport-free pieces used by the ingress: model metadata, decoding request tensors (HTTP JSON, HTTP binary-data
 extension, gRPC typed contents or raw bytes) into numpy / byte strings, and encoding outputs back.
@@ -11,6 +11,9 @@ Models as the protocol sees them (every model has the single version ``1``):
 * ``translator``: input ``text`` BYTES ``[N]`` (UTF-8); outputs ``translation`` BYTES ``[N]``, ``tokens`` INT32 ``[N]``.
   Request parameters ``beam_size`` and ``max_new_tokens`` as in the task API.
 * ``captioner``: input ``image`` BYTES ``[N]`` (encoded scenes); output ``caption`` BYTES ``[N]``. Same parameters.
+
+* an imported classifier (``register``): as ``classifier``, with ``images`` ``[N, C, H, W]`` of its own channels and
+  ``probabilities`` ``[N, labels]``.
 
 In HTTP JSON, a BYTES element is a JSON string: UTF-8 text for ``text``, base64 for image inputs (binary data, the
 default of ``tritonclient.http``, carries raw bytes instead).
@@ -50,6 +53,25 @@ MODELS = {
         "outputs": [{"name": "caption", "datatype": "BYTES", "shape": [-1]}],
     },
 }
+
+SHIPPED = dict(MODELS)
+
+
+def register(contract) -> None:
+    """The repository's imported classifiers beside the shipped three (called when a process's models are bound):
+    input ``images`` FP32 ``[N, C, H, W]`` in [0, 1] with the model's channels, or ``image_bytes``; outputs as the
+    shipped classifier's, with the model's own labels."""
+    MODELS.clear()
+    MODELS.update(SHIPPED)
+    for name, info in contract.models.items():
+        if name not in SHIPPED and info.task == "classification":
+            MODELS[name] = {
+                "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, info.channels, -1, -1]},
+                           {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(info.labels)]},
+                            {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+            }
+
 
 NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT32": np.int32, "INT64": np.int64,
          "INT8": np.int8, "INT16": np.int16, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,

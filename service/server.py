@@ -1,4 +1,4 @@
-"""The Serve application: one deployment, ``Server``, that is the ingress and runs the three models in its own process.
+"""The Serve application: one deployment, ``Server``, that is the ingress and runs the repository's models in its own process.
 
 A request goes client → (HAProxy) → a ``Server`` replica, which parses it (``service.front``), validates it
 (``service.contract``) and runs it on the model in the same process (``service.classifier``,
@@ -26,7 +26,7 @@ from ray import serve
 from service import front
 from service.classifier import ClassifierHost
 from service.config import default_repository
-from service.contract import MODELS, Contract
+from service.contract import Contract
 from service.front import grpc as task_grpc
 from service.front import health, oip
 from service.front.grpc import undecodable
@@ -77,7 +77,8 @@ SWITCH_INTERVAL_S = float(os.environ.get("SERVE_GIL_SWITCH_INTERVAL_S", "0.0005"
 
 
 class Models:
-    """The three models of one repository in this process, and the contract their requests are validated by."""
+    """The models of one repository in this process (the shipped three, and any imported classifier beside them), and
+    the contract their requests are validated by."""
 
     def __init__(self, repository: str | Path, runtime_options: RuntimeOptions | None = None) -> None:
         repository = Path(repository)
@@ -88,18 +89,28 @@ class Models:
         self.classifier = ClassifierHost(repository / "classifier" / "1", own("classifier"))
         self.translator = TranslatorHost(repository / "translator" / "1", own("translator"))
         self.captioner = CaptionerHost(repository / "captioner" / "1", own("captioner"))
+        self.hosts = {"translator": self.translator, "classifier": self.classifier, "captioner": self.captioner}
+        for name in self.contract.models:  # imported classifiers: each within the classifier's share of GPU memory
+            if name not in self.hosts:
+                self.hosts[name] = ClassifierHost(repository / name / "1", own("classifier"), name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.hosts)
 
     def host(self, name: str):
-        if name not in MODELS:
-            raise KeyError(f"unknown model '{name}'; models: {', '.join(MODELS)}")
-        return getattr(self, name)
+        if name not in self.hosts:
+            raise KeyError(f"unknown model '{name}'; models: {', '.join(self.hosts)}")
+        return self.hosts[name]
 
     def reconfigure(self, user_config: dict) -> None:
-        """Blocking (a decoder's new width is measured before this returns): call it off the event loop."""
-        if unknown := set(user_config) - set(MODELS):
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (one entry per model: {', '.join(MODELS)})")
-        for name in MODELS:
-            self.host(name).reconfigure(dict(user_config.get(name) or {}))
+        """Blocking (a decoder's new width is measured before this returns): call it off the event loop. An imported
+        classifier without its own entry takes the shipped classifier's."""
+        if unknown := set(user_config) - set(self.hosts):
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (one entry per model: {', '.join(self.hosts)})")
+        for name, host in self.hosts.items():
+            fallback = user_config.get("classifier") if isinstance(host, ClassifierHost) else None
+            host.reconfigure(dict(user_config.get(name) or fallback or {}))
 
     def stats(self, name: str) -> dict:
         return self.host(name).stats()
@@ -127,8 +138,8 @@ class Server:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.models = Models(repository, replica_runtime_options())
         front.bind(self.models)
-        zero_counters(metrics(), MODELS)  # counters the rules and panels use exist at 0 from the start
-        for model in MODELS:  # every model's in-flight series exists (at 0) from the start
+        zero_counters(metrics(), self.models.names)  # counters the rules and panels use exist at 0 from the start
+        for model in self.models.names:  # every model's in-flight series exists (at 0) from the start
             metrics().add_gauge("inference_requests_in_flight", 0, model=model)
             metrics().add_gauge("inference_execution_provider", 1, model=model, provider=self.models.host(model).provider)
 

@@ -126,3 +126,45 @@ def test_limits_are_published_per_model(c):
     limits = c.limits()
     assert limits["captioner"]["max_new_tokens_decoded"] == 48 and limits["translator"]["max_text_chars"] == 512
     assert limits["classifier"]["top_k"] == [1, 10] and all(v["max_items"] == contract.MAX_ITEMS for v in limits.values())
+
+
+PETS = {"task": "classification", "labels": ["cat", "dog", "fox"], "model_config": {"image_size": 32},
+        "processing": {"size": [32, 32], "channels": 3, "color": "RGB", "resample": 2}}
+
+
+def test_a_request_names_a_model_of_its_task_or_gets_the_shipped_one():
+    c = Contract(CONFIGS | {"pets": PETS})
+    assert c.classify([png()]).model == "classifier" and c.classify([png()]).images.shape == (1, 1, 8, 8)
+    job = c.classify([png(50)], model="pets")  # the imported model's own processing: RGB, resized to its 32 × 32
+    assert job.model == "pets" and job.images.shape == (1, 3, 32, 32) and job.images.dtype == np.float32
+    assert 0.0 <= job.images.min() and job.images.max() <= 1.0
+    assert refused(Kind.NOT_FOUND, c.classify, [png()], model="parrots").message.startswith("unknown model 'parrots'")
+    wrong = refused(Kind.OUT_OF_RANGE, c.classify, [png()], model="translator")
+    assert wrong.message == "model 'translator' does translation, not classification; classification models: classifier, pets"
+    refused(Kind.OUT_OF_RANGE, c.classify, [png()], model=7)
+    assert c.names("classification") == ["classifier", "pets"]
+    assert c.limits()["pets"] == {"max_items": contract.MAX_ITEMS, "top_k": [1, 10]}
+
+
+def test_an_imported_models_arrays_take_its_channels_and_any_size():
+    c = Contract(CONFIGS | {"pets": PETS})
+    job = c.classify_array(np.random.default_rng(0).random((2, 3, 40, 20), dtype=np.float32), model="pets")
+    assert job.images.shape == (2, 3, 32, 32) and job.model == "pets"
+    same = np.random.default_rng(1).integers(0, 256, (1, 3, 32, 32)).astype(np.float32) / 255  # its size: unchanged
+    assert np.allclose(c.classify_array(same, model="pets").images, same, atol=1e-6)
+    refused(Kind.INVALID, c.classify_array, np.zeros((1, 1, 32, 32), np.float32), model="pets")  # 1 channel, 3 needed
+    assert c.classify_array(np.zeros((1, 1, 8, 8), np.float32)).model == "classifier"
+
+
+def test_a_repository_lists_its_own_models_and_refuses_a_task_it_cannot_serve(tmp_path):
+    import json
+
+    for name, config in (CONFIGS | {"pets": PETS, "zebras": PETS | {"labels": ["z"]}}).items():
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "1" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "notes").mkdir()  # no 1/config.json: not a model
+    assert list(contract.repository_configs(tmp_path)) == ["translator", "classifier", "captioner", "pets", "zebras"]
+    (tmp_path / "opus" / "1").mkdir(parents=True)
+    (tmp_path / "opus" / "1" / "config.json").write_text(json.dumps({"task": "translation"}))
+    with pytest.raises(ValueError, match="model 'opus' .* task 'translation' is not served for a model of the repository's own yet"):
+        contract.repository_configs(tmp_path)

@@ -19,6 +19,7 @@ from service.front import grpc as task_grpc
 from service.front import oip
 from service.front.http import app
 from service.images import encode_png
+from tests.hfkit import IMPORTED, LABELS, tiny_vit
 
 DIGIT = encode_png((np.eye(8) * 255).astype(np.uint8))
 SCENE = encode_png(np.zeros((32, 32), np.uint8))
@@ -171,4 +172,62 @@ def test_streams(http):
 def test_metadata_publishes_the_limits(http):
     meta = http.get("/v2/models/captioner").json()
     assert meta["parameters"]["max_new_tokens_decoded"] == 48 and meta["name"] == "captioner"
-    assert http.get("/readyz").json() == {"ready": True, "models": {"translator": True, "classifier": True, "captioner": True}}
+    assert http.get("/readyz").json() == {"ready": True, "models": {"translator": True, "classifier": True, "captioner": True,
+                                                                   IMPORTED: True}}
+
+
+def test_an_imported_model_is_served_by_name_on_every_protocol_as_transformers_answers(http, tmp_path):
+    """The tests' repository holds a tiny Hugging Face ViT imported beside the shipped three (conftest.py). Named in
+    ``model``, it answers on the task route, task gRPC and the Open Inference Protocol with the probabilities
+    ``transformers`` gives for the same picture through its own image processor; without ``model``, nothing changes."""
+    from PIL import Image
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    source = tiny_vit(tmp_path / "vit")  # the same seeded checkpoint the repository imported
+    model, processor = ViTForImageClassification.from_pretrained(source).eval(), ViTImageProcessor.from_pretrained(source)
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    picture = encode_rgb(pixels)
+    with torch_no_grad():
+        expected = model(**processor(images=Image.fromarray(pixels), return_tensors="pt")).logits.softmax(-1)[0].numpy()
+    order = [LABELS[i] for i in np.argsort(-expected)]
+
+    answer = http.post("/v1/classify", json={"image": b64(picture), "top_k": 3, "model": IMPORTED}).json()
+    assert answer["model"] == IMPORTED and [p["label"] for p in answer["predictions"][0]] == order
+    assert np.allclose([p["score"] for p in answer["predictions"][0]], np.sort(expected)[::-1], atol=1e-5)
+    response, context = grpc_call(http, task_grpc.Classify, task_pb, task_pb.ClassifyRequest(images=[picture], top_k=3, model=IMPORTED))
+    assert context.code is None and response.model == IMPORTED and [p.label for p in response.predictions[0].predictions] == order
+    meta = http.get(f"/v2/models/{IMPORTED}").json()
+    assert meta["inputs"][0]["shape"] == [-1, 3, -1, -1] and meta["outputs"][0]["shape"] == [-1, 3]
+    tensor = {"name": "images", "datatype": "FP32", "shape": [1, 3, 32, 32],
+              "data": (pixels.transpose(2, 0, 1) / 255.0).astype(np.float32).ravel().tolist()}
+    outputs = http.post(f"/v2/models/{IMPORTED}/infer", json={"inputs": [tensor]}).json()["outputs"]
+    assert np.allclose(outputs[0]["data"], expected, atol=1e-5) and outputs[1]["data"] == [order[0]]
+    body, request = oip_request(IMPORTED, [("image_bytes", "BYTES", [picture])], {})
+    response, context = grpc_call(http, oip.ModelInfer, oip_pb, request)
+    assert context.code is None and np.allclose(np.frombuffer(response.raw_output_contents[0], np.float32), expected, atol=1e-5)
+    index = http.post("/v2/repository/index").json()
+    assert sorted(m["name"] for m in index) == sorted(["translator", "classifier", "captioner", IMPORTED]) and {m["state"] for m in index} == {"READY"}
+
+    default = http.post("/v1/classify", json={"image": b64(DIGIT)}).json()
+    assert default["model"] == "classifier" and {p["label"] for p in default["predictions"][0]} <= set("0123456789")
+    assert http.post("/v1/classify", json={"image": b64(DIGIT), "model": "parrots"}).status_code == 404
+    wrong = http.post("/v1/classify", json={"image": b64(DIGIT), "model": "translator"})
+    assert wrong.status_code == 422 and "does translation, not classification" in wrong.json()["error"]["message"]
+    _, context = grpc_call(http, task_grpc.Classify, task_pb, task_pb.ClassifyRequest(images=[DIGIT], model="parrots"))
+    assert context.code.name == "NOT_FOUND"
+
+
+def encode_rgb(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()

@@ -12,25 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import ViTForImageClassification, ViTImageProcessor
 
 from export.hf import UnsupportedCheckpoint, import_checkpoint
 from export.onnx import fusion_report
 from service.runtime import create_session
+from tests.hfkit import tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {0: "cat", 1: "dog", 2: "fox"}
-
-
-def tiny_vit(directory: Path, *, channels: int = 3, size: int = 32, layers: int = 2, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)) -> Path:
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=size, patch_size=8, num_channels=channels, hidden_size=32, num_hidden_layers=layers,
-                       num_attention_heads=2, intermediate_size=64, num_labels=len(LABELS), id2label=LABELS,
-                       label2id={v: k for k, v in LABELS.items()})
-    ViTForImageClassification(config).save_pretrained(directory, safe_serialization=True)
-    ViTImageProcessor(size={"height": size, "width": size}, image_mean=list(mean)[:channels],
-                      image_std=list(std)[:channels]).save_pretrained(directory)
-    return directory
 
 
 def test_a_vit_classifier_is_imported_with_fused_attention_and_its_own_processing(tmp_path):

@@ -19,6 +19,9 @@ _models = None
 def bind(models) -> None:
     global _models
     _models = models
+    from service import oip
+
+    oip.register(models.contract)  # the Open Inference Protocol lists and serves every model of the repository
 
 
 def models():

@@ -98,15 +98,19 @@ async def TranslateStream(pb, request, context):
 
 
 async def Classify(pb, request, context):
-    async def work():
-        job = models().contract.classify(list(request.images), top_k=_field(request, "top_k"))
-        probs = await models().classifier.probabilities(job)
-        labels = models().classifier.labels
-        top = (-probs).argsort(-1)[:, : job.top_k]
-        return pb.ClassifyResponse(model="classifier", predictions=[
-            pb.Predictions(predictions=[pb.Prediction(label=labels[i], score=float(p[i])) for i in row]) for p, row in zip(probs, top)])
+    asked = _field(request, "model")
+    known = models().contract.models.get(asked or "classifier")
+    label = asked if known is not None and known.task == "classification" else "classifier"  # metrics: known names only
 
-    return await unary(context, pb.ClassifyResponse(), work, "classifier", "Classify")
+    async def work():
+        job = models().contract.classify(list(request.images), top_k=_field(request, "top_k"), model=asked)
+        host = models().host(job.model)
+        probs = await host.probabilities(job)
+        top = (-probs).argsort(-1)[:, : job.top_k]
+        return pb.ClassifyResponse(model=job.model, predictions=[
+            pb.Predictions(predictions=[pb.Prediction(label=host.labels[i], score=float(p[i])) for i in row]) for p, row in zip(probs, top)])
+
+    return await unary(context, pb.ClassifyResponse(), work, label, "Classify")
 
 
 async def Caption(pb, request, context):

@@ -12,7 +12,6 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.contract import MODELS
 from service.front import models
 
 router = APIRouter()
@@ -27,8 +26,13 @@ def model_ready(name: str) -> bool:
         return False
 
 
+def names() -> tuple[str, ...]:
+    """Every model served here: the shipped three and the repository's imported ones."""
+    return tuple(models().contract.models)
+
+
 def readiness() -> dict[str, bool]:
-    return {name: model_ready(name) for name in MODELS}
+    return {name: model_ready(name) for name in names()}
 
 
 @router.get("/healthz")
@@ -51,7 +55,7 @@ def status(service: str):
     from grpc_health.v1 import health_pb2
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    if service in MODELS:
+    if service in names():
         return serving if model_ready(service) else not_serving
     if service in SERVICES:
         return serving if all(readiness().values()) else not_serving

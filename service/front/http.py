@@ -98,6 +98,7 @@ class ClassifyRequest(BaseModel):
     image: str | None = Field(None, description="base64 of a PNG/JPEG/BMP picture")
     images: list[str] | None = Field(None, description=f"or several (≤ {contract.MAX_ITEMS})")
     top_k: int | None = ranged(TOP_K, "labels per image")
+    model: str | None = Field(None, description="a classification model of the repository (default: the shipped digit classifier)")
 
 
 class Prediction(BaseModel):
@@ -223,10 +224,10 @@ async def translate_stream(request: Request):
 
 
 def _classify_answer(job, probabilities) -> dict:
-    labels = models().classifier.labels
+    labels = models().host(job.model).labels
     top = (-probabilities).argsort(-1)[:, : job.top_k]
     return {"predictions": [[{"label": labels[i], "score": float(p[i])} for i in row] for p, row in zip(probabilities, top)],
-            "model": "classifier"}
+            "model": job.model}
 
 
 @app.post("/v1/classify", **documented(ClassifyRequest, ClassifyResponse))
@@ -234,19 +235,21 @@ async def classify(request: Request) -> Response:
     """JSON (base64 images), or ``multipart/form-data`` with a file field ``image``."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
-        upload = form.get("image")
+        upload, model = form.get("image"), form.get("model")
         if upload is None or isinstance(upload, str):
             raise errors.out_of_range("image: a file field named 'image' is required")
         try:
-            job = models().contract.classify([await upload.read()], deadline=deadline(request), field="image")
+            job = models().contract.classify([await upload.read()], model=model, deadline=deadline(request), field="image")
         finally:
             await form.close()
     else:
         body = parse(ClassifyRequest, await request.body())
         items = contract.one_or_many(body.image, body.images, "image")
         payloads = [contract.b64(x, f"images[{i}]") for i, x in enumerate(items)]
-        job = models().contract.classify(payloads, top_k=body.top_k, deadline=deadline(request))
-    return answer(_classify_answer(job, await models().classifier.probabilities(job)))
+        job = models().contract.classify(payloads, top_k=body.top_k, model=body.model, deadline=deadline(request))
+    if (observed := request.scope.get("observed")) is not None:
+        observed.attribute(job.model)
+    return answer(_classify_answer(job, await models().host(job.model).probabilities(job)))
 
 
 @app.post("/v1/caption", **documented(CaptionRequest, CaptionResponse))

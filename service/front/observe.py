@@ -32,6 +32,13 @@ class Observed:
         metrics().add_gauge("inference_requests_in_flight", 1, model=self.model)
         return self
 
+    def attribute(self, model: str) -> None:
+        """The request turned out to be for ``model`` (a task route's ``"model"`` field): count it there."""
+        if model != self.model:
+            metrics().add_gauge("inference_requests_in_flight", -1, model=self.model)
+            metrics().add_gauge("inference_requests_in_flight", 1, model=model)
+            self.model = model
+
     def __exit__(self, kind, value, tb) -> None:
         if kind is not None and self.code in ("200", "OK"):
             http = self.protocol == "http"

@@ -33,13 +33,13 @@ async def infer(model: str, tensors: list, params: dict, deadline: Deadline | No
     t = codec.only_input(tensors, model)
     n = len(t.data) if isinstance(t.data, list) else t.data.shape[0]
     m = models()
-    if model == "classifier":
+    if m.contract.model(model).task == "classification":
         if t.name == "images":
-            job = m.contract.classify_array(t.data, deadline=deadline)
+            job = m.contract.classify_array(t.data, model=model, deadline=deadline)
         else:
-            job = m.contract.classify(t.data, deadline=deadline, field="image_bytes")
-        probs = await m.classifier.probabilities(job)
-        labels = m.classifier.labels
+            job = m.contract.classify(t.data, model=model, deadline=deadline, field="image_bytes")
+        probs = await m.host(model).probabilities(job)
+        labels = m.host(model).labels
         top = [labels[i].encode() for i in probs.argmax(-1)]
         return [codec.Output("probabilities", "FP32", [n, probs.shape[1]], probs), codec.Output("label", "BYTES", [n], top)]
     beam, max_new = params.get("beam_size"), params.get("max_new_tokens")
@@ -80,6 +80,13 @@ async def live() -> dict:
 async def ready() -> JSONResponse:
     ok = all(health.readiness().values())
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.post("/v2/repository/index")
+async def repository_index() -> list[dict]:
+    """Every model served, ready or not (Triton's repository index, read-only: models are loaded at start)."""
+    ok = health.readiness()
+    return [{"name": name, "version": codec.VERSION, "state": "READY" if ok.get(name) else "UNAVAILABLE"} for name in codec.MODELS]
 
 
 @router.get("/v2/models/{name}")
