@@ -11,9 +11,9 @@ factor, mean and std, and the model's ``id2label``. The graph takes images as th
 N × C × H × W, pixel values / 255) and applies the checkpoint's rescale and normalisation itself, so whoever feeds it
 needs only the size and the channel order, which ``config.json`` states.
 
-Supported now: ``ViTForImageClassification``. Anything else is refused with a message naming it
-(``MarianMTModel`` and ``VisionEncoderDecoderModel`` need the KV-cache contract of the shipped decoders, and are not
-imported yet).
+Supported now: ``ViTForImageClassification``, and ``MarianMTModel`` (``export/hf_marian.py``: the shipped
+translator's encoder/decoder contract, KV cache included). Anything else is refused with a message naming it
+(``VisionEncoderDecoderModel`` is not imported yet).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from torch import nn
 
 from export.onnx import OPSET, ExportError, check_fused, export_graph
 
-SUPPORTED = ("ViTForImageClassification",)
+SUPPORTED = ("ViTForImageClassification", "MarianMTModel")
 NOT_YET = {
-    "MarianMTModel": "translation checkpoints need the decoder's KV-cache contract; not imported yet",
     "VisionEncoderDecoderModel": "captioning checkpoints need the decoder's KV-cache contract; not imported yet",
 }
 PARITY_TOLERANCE = 1e-4  # max |logit difference| against transformers, fp32
@@ -159,7 +158,13 @@ def check_classifier_parity(path: Path, model: nn.Module, processing: dict[str, 
     return diff
 
 
-IMPORTERS = {"ViTForImageClassification": import_vit_classifier}
+def import_marian(source: Path, directory: Path, name: str) -> dict[str, Any]:
+    from export.hf_marian import import_marian as run
+
+    return run(source, directory, name)
+
+
+IMPORTERS = {"ViTForImageClassification": import_vit_classifier, "MarianMTModel": import_marian}
 
 
 def import_checkpoint(source: str | Path, name: str, out: str | Path) -> dict[str, Any]:

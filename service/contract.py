@@ -19,7 +19,16 @@ import numpy as np
 
 from service import errors
 from service.decoding import DecodingOptions
-from service.images import BadImage, ImageTooLarge, MAX_SIDE, digit_array, digit_input, picture_array, picture_input, scene_input
+from service.images import (
+    MAX_SIDE,
+    BadImage,
+    ImageTooLarge,
+    digit_array,
+    digit_input,
+    picture_array,
+    picture_input,
+    scene_input,
+)
 
 MODELS = ("translator", "classifier", "captioner")  # the shipped models: every repository has them
 TASKS = {"translator": "translate", "classifier": "classify", "captioner": "caption"}
@@ -66,7 +75,7 @@ class Deadline:
         return self.at - (time.monotonic() if now is None else now)
 
     @classmethod
-    def from_header(cls, raw: str | None) -> "Deadline | None":
+    def from_header(cls, raw: str | None) -> Deadline | None:
         if raw is None:
             return None
         try:
@@ -114,7 +123,7 @@ class ModelInfo:
     processing: dict | None = None  # an imported checkpoint's own image processing (size, color, resample)
 
     @classmethod
-    def from_config(cls, name: str, config: dict) -> "ModelInfo":
+    def from_config(cls, name: str, config: dict) -> ModelInfo:
         decoder, encoder = config.get("decoder") or {}, config.get("encoder") or {}
         image_size = encoder.get("image_size") or (config.get("model_config") or {}).get("image_size")
         task = config.get("task") or TASK_OF.get(name)
@@ -128,20 +137,28 @@ class ModelInfo:
 
 
 def repository_configs(repository: str | Path) -> dict[str, dict]:
-    """Every model of a repository (a directory ``NAME/1/config.json`` each): the shipped three first, then the others
-    by name. A model of a task this service cannot serve for an extra model is refused by name."""
+    """The models of a repository this service serves: the shipped three first, then the others by name."""
+    return repository_models(repository)[0]
+
+
+def repository_models(repository: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every model of a repository (a directory ``NAME/1/config.json`` each): the configs of those served, and why
+    each other one is not (an imported model of a task not yet served for the repository's own models). The
+    service starts with the rest and logs the reasons; it never refuses to start over one such model."""
     repository = Path(repository)
     configs = {m: json.loads((repository / m / "1" / "config.json").read_text()) for m in MODELS}
+    skipped: dict[str, str] = {}
     for path in sorted(repository.glob("*/1/config.json")):
         name = path.parent.parent.name
         if name in configs or name.startswith("."):
             continue
         config = json.loads(path.read_text())
         if config.get("task") not in SERVED_EXTRA_TASKS:
-            raise ValueError(f"model '{name}' ({path}): task {config.get('task')!r} is not served for a model of the "
-                             f"repository's own yet (served: {', '.join(SERVED_EXTRA_TASKS)}, and the shipped three)")
+            skipped[name] = (f"task {config.get('task')!r} is not served for a model of the repository's own yet "
+                             f"(served: {', '.join(SERVED_EXTRA_TASKS)}, and the shipped three)")
+            continue
         configs[name] = config
-    return configs
+    return configs, skipped
 
 
 def b64(data, field: str) -> bytes:
@@ -195,7 +212,7 @@ class Contract:
         self.models = {name: ModelInfo.from_config(name, config) for name, config in configs.items()}
 
     @classmethod
-    def from_repository(cls, repository: str | Path) -> "Contract":
+    def from_repository(cls, repository: str | Path) -> Contract:
         return cls(repository_configs(repository))
 
     def model(self, name: str) -> ModelInfo:

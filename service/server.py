@@ -16,6 +16,7 @@ and load (tests, operators).
 
 import asyncio
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from ray import serve
 from service import front
 from service.classifier import ClassifierHost
 from service.config import default_repository
-from service.contract import Contract
+from service.contract import Contract, repository_models
 from service.front import grpc as task_grpc
 from service.front import health, oip
 from service.front.grpc import undecodable
@@ -35,6 +36,7 @@ from service.generator import CaptionerHost, TranslatorHost
 from service.metrics import metrics, zero_counters
 from service.providers import gpu_memory_bytes, model_memory_limits, replica_memory_limit
 from service.runtime import RuntimeOptions
+
 
 def _pb(name: str):
     """A generated proto module, imported on first use: tritonclient defines the same protobuf package
@@ -86,6 +88,8 @@ class Models:
         limits = model_memory_limits(options.gpu_mem_limit)  # the replica's GPU memory, split between its models
         own = lambda name: dataclasses.replace(options, gpu_mem_limit=limits[name])
         self.contract = Contract.from_repository(repository)
+        for name, why in repository_models(repository)[1].items():
+            logging.getLogger("ray.serve").warning("model '%s' in %s is not served: %s", name, repository, why)
         self.classifier = ClassifierHost(repository / "classifier" / "1", own("classifier"))
         self.translator = TranslatorHost(repository / "translator" / "1", own("translator"))
         self.captioner = CaptionerHost(repository / "captioner" / "1", own("captioner"))

@@ -17,7 +17,7 @@ from transformers import ViTForImageClassification, ViTImageProcessor
 from export.hf import UnsupportedCheckpoint, import_checkpoint
 from export.onnx import fusion_report
 from service.runtime import create_session
-from tests.hfkit import tiny_vit
+from tests.hfkit import sentences, tiny_marian, tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +68,9 @@ def test_the_import_names_what_it_does_not_support(tmp_path):
         (other / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
         return other
 
-    with pytest.raises(UnsupportedCheckpoint, match="MarianMTModel is not supported yet"):
-        import_checkpoint(with_architecture("MarianMTModel"), "m", tmp_path / "repo")
-    with pytest.raises(UnsupportedCheckpoint, match="architecture BertForMaskedLM is not supported; supported: ViTForImageClassification"):
+    with pytest.raises(UnsupportedCheckpoint, match="VisionEncoderDecoderModel is not supported yet"):
+        import_checkpoint(with_architecture("VisionEncoderDecoderModel"), "m", tmp_path / "repo")
+    with pytest.raises(UnsupportedCheckpoint, match="architecture BertForMaskedLM is not supported; supported: ViTForImageClassification, MarianMTModel"):
         import_checkpoint(with_architecture("BertForMaskedLM"), "m", tmp_path / "repo")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -102,3 +102,52 @@ def test_the_command_line_imports_and_reports(tmp_path):
     assert config["processing"]["color"] == "L" and config["inputs"]["images"]["shape"] == [-1, 1, 32, 32]
     missing = subprocess.run([sys.executable, "-m", "export", "--hf", str(source)], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "--hf needs --name" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+    source = tiny_marian(tmp_path_factory.mktemp("hf") / "marian")
+    out = tmp_path_factory.mktemp("repo")
+    return source, out, import_checkpoint(source, "opus", out)
+
+
+def test_a_marian_model_is_imported_in_the_translators_contract_with_fused_attention(marian):
+    _, out, config = marian
+    version = out / "opus" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["config.json", "decoder.onnx", "encoder.onnx", "source.spm",
+                                                         "target.spm", "vocab.json"]
+    assert config["task"] == "translation" and config["special"]["decoder_start"] == config["special"]["pad"]
+    assert fusion_report(version / "encoder.onnx") == {"attention": 2, "softmax": 0}  # 2 encoder layers
+    assert fusion_report(version / "decoder.onnx") == {"attention": 4, "softmax": 0}  # self + cross, 2 layers
+    decoder = onnx.load(str(version / "decoder.onnx"))
+    names = {i.name for i in decoder.graph.input}
+    assert {"input_ids", "position_ids", "self_mask", "cross_mask", "top_k", "past_key_values.1.value", "cross.0.key"} <= names
+    assert {o.name for o in decoder.graph.output} >= {"logits", "top_ids", "top_logp", "present.0.key"}
+    assert config["quality"]["max_abs_logit_diff_vs_transformers"] <= 1e-4
+    assert config["quality"]["greedy_identical_to_generate"] == "6/6"
+
+
+def test_marian_greedy_tokens_equal_generate_on_other_sentences(marian):
+    """Beyond the import's own check: 24 other sentences, in batches of 8 with padding, 20 new tokens each."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    from export.hf_marian import greedy
+
+    source, out, _ = marian
+    model, tokenizer = MarianMTModel.from_pretrained(source).eval(), MarianTokenizer.from_pretrained(source)
+    encoder, decoder = (create_session(out / "opus" / "1" / f) for f in ("encoder.onnx", "decoder.onnx"))
+    texts = sentences(24, seed=7)
+    for i in range(0, len(texts), 8):
+        batch = tokenizer(texts[i : i + 8], return_tensors="pt", padding=True)
+        ours, _ = greedy(encoder, decoder, batch["input_ids"].numpy(), model.config, 20)
+        with torch.no_grad():
+            generated = model.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=20)
+        theirs = [row[: row.index(0) + 1] if 0 in row else row for row in generated[:, 1:].tolist()]  # EOS is 0
+        assert ours == theirs
+
+
+def test_a_marian_model_without_its_tokenizer_files_is_refused(tmp_path):
+    source = tiny_marian(tmp_path / "marian")
+    (source / "target.spm").unlink()
+    with pytest.raises(UnsupportedCheckpoint, match="no target.spm .MarianTokenizer's files."):
+        import_checkpoint(source, "opus", tmp_path / "repo")
