@@ -128,6 +128,16 @@ def supported(source: Path, config: Any) -> None:
         raise UnsupportedCheckpoint(f"{source}: this MarianMTModel has {'; '.join(problems)}: not supported")
 
 
+def banned_tokens(model: nn.Module) -> tuple[int, ...]:
+    """The generation config's single-token ``bad_words_ids`` (OPUS-MT's: its pad); longer ones are refused."""
+    from export.hf import UnsupportedCheckpoint
+
+    bad = getattr(model.generation_config, "bad_words_ids", None) or []
+    if any(len(ids) != 1 for ids in bad):
+        raise UnsupportedCheckpoint(f"bad_words_ids of several tokens are not supported: {bad}")
+    return tuple(sorted({ids[0] for ids in bad}))
+
+
 def export_graphs(model: nn.Module, directory: Path) -> dict[str, Any]:
     c = model.config
     n, heads = c.decoder_layers, c.decoder_attention_heads
@@ -146,7 +156,7 @@ def export_graphs(model: nn.Module, directory: Path) -> dict[str, Any]:
            [{0: batch, 2: past}] * n, [{0: batch, 2: past}] * n, [src_dim] * n, [src_dim] * n)
     inputs = ["input_ids", "position_ids", "self_mask", "cross_mask"] + kv_names("past_key_values", n) + kv_names("cross", n)
     export_graph(MarianDecoderStepGraph(model), args, dec_path, dyn, inputs, ["logits"] + kv_names("present", n))
-    add_step_io(dec_path)
+    add_step_io(dec_path, banned_tokens(model), c.vocab_size)
     return {"encoder.onnx": check_fused(enc_path, c.encoder_layers), "decoder.onnx": check_fused(dec_path, 2 * n)}
 
 
@@ -170,7 +180,7 @@ def greedy(encoder, decoder, input_ids: np.ndarray, config: Any, steps: int) -> 
             **feed, **past})))
         logits = result["logits"]
         logits_per_step.append(logits)
-        nxt = logits.argmax(-1)
+        nxt = result["top_ids"][:, 0]  # the graph's own choice (banned tokens left out, as generate() does)
         for r in range(b):
             if not done[r]:
                 out[r].append(int(nxt[r]))
@@ -220,15 +230,18 @@ def import_marian(source: Path, directory: Path, name: str) -> dict[str, Any]:
         "name": name, "version": 1, "precision": "fp32", "opset": OPSET, "task": "translation",
         "architecture": "MarianMTModel",
         "source": {"format": "huggingface", "path": str(source.resolve()), "model_type": c.model_type},
-        "encoder": {"layers": c.encoder_layers, "max_source_tokens": c.max_position_embeddings},
-        "decoder": {"layers": c.decoder_layers, "heads": c.decoder_attention_heads, "d_model": c.d_model,
-                    "max_len": c.max_position_embeddings, "vocab_size": c.vocab_size},
-        "special": {"pad": c.pad_token_id, "eos": c.eos_token_id, "unk": tokenizer.unk_token_id,
-                    "decoder_start": c.decoder_start_token_id},
+        "encoder": {"input": "input_ids", "layers": c.encoder_layers, "max_source_tokens": c.max_position_embeddings},
+        "decoder": {"layers": c.decoder_layers, "heads": c.decoder_attention_heads, "head_dim": c.d_model // c.decoder_attention_heads,
+                    "d_model": c.d_model, "max_len": c.max_position_embeddings, "vocab_size": c.vocab_size},
+        # "bos" is what a decoder starts from: Marian's decoder_start_token_id (its pad)
+        "special_tokens": {"pad": c.pad_token_id, "unk": tokenizer.unk_token_id, "bos": c.decoder_start_token_id,
+                           "eos": c.eos_token_id},
         "tokenizer": {"kind": "marian", "source": "source.spm", "target": "target.spm", "vocab": "vocab.json"},
+        # held to transformers' generate(): no repetition guard (the shipped models' own rule, models/repetition.py)
         "generation": {"num_beams": getattr(model.generation_config, "num_beams", 1),
                        "length_penalty": getattr(model.generation_config, "length_penalty", 1.0),
-                       "max_length": getattr(model.generation_config, "max_length", None)},
+                       "max_length": getattr(model.generation_config, "max_length", None), "stop_on_repetition": False,
+                       "beam_rule": "transformers"},
         "fused_attention": fused,
         "quality": quality,
     }

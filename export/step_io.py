@@ -34,16 +34,27 @@ def has_step_io(model: onnx.ModelProto) -> bool:
     return all(n in names for n in STEP_INPUTS)
 
 
-def add_step_io(path: str | Path) -> None:
-    """Rewrite ``path`` (a decoder step graph) in place with the serving interface above."""
+def add_step_io(path: str | Path, banned: tuple[int, ...] = (), vocab_size: int | None = None) -> None:
+    """Rewrite ``path`` (a decoder step graph) in place with the serving interface above. ``banned``: token ids never
+    chosen (an imported checkpoint's single-token ``bad_words_ids``, e.g. Marian's pad): they are left out of the
+    candidates but not of the log-probabilities' normaliser, as ``transformers`` does in ``generate``; ``logits``
+    stays as the model computes it."""
     model = onnx.load(str(path))
     if has_step_io(model):
         return
     g = model.graph
     float_type = next(o for o in g.output if o.name == "logits").type.tensor_type.elem_type
     g.input.append(helper.make_tensor_value_info("top_k", TensorProto.INT64, [1]))
+    ranked = "logits"
+    if banned:
+        bias = [0.0] * vocab_size
+        for token in banned:
+            bias[token] = float("-inf")
+        g.initializer.append(helper.make_tensor("step_io/banned", float_type, [vocab_size], bias))
+        g.node.append(helper.make_node("Add", ["logits", "step_io/banned"], ["step_io/allowed"], name="step_io/ban"))
+        ranked = "step_io/allowed"
     g.node.extend([
-        helper.make_node("TopK", ["logits", "top_k"], ["step_io/top_logits", "top_ids"], axis=-1, largest=1,
+        helper.make_node("TopK", [ranked, "top_k"], ["step_io/top_logits", "top_ids"], axis=-1, largest=1,
                          sorted=1, name="step_io/top_k"),
         # LogSoftmax, then the candidates' entries: ORT's CPU ReduceLogSumExp cost a B=32 step 0.25-0.5 ms, this ~0
         helper.make_node("LogSoftmax", ["logits"], ["step_io/logp_all"], axis=-1, name="step_io/log_softmax"),

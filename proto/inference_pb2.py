@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/inference.proto\x12\x0cinference.v1\"\x91\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x16\n\tbeam_size\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10return_attention\x18\x04 \x01(\x08\x42\x0c\n\n_beam_sizeB\x11\n\x0f_max_new_tokens\"\x89\x01\n\x0c\x41ttentionMap\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0f\n\x07weights\x18\x03 \x03(\x02\x12\x12\n\nrow_tokens\x18\x04 \x03(\t\x12\x12\n\ncol_tokens\x18\x05 \x03(\t\x12\x11\n\tgrid_rows\x18\x06 \x01(\r\x12\x11\n\tgrid_cols\x18\x07 \x01(\r\"w\n\x11TranslateResponse\x12\x14\n\x0ctranslations\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x05\x12-\n\tattention\x18\x04 \x03(\x0b\x32\x1a.inference.v1.AttentionMap\"B\n\x0eTranslateChunk\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x13\n\x0btranslation\x18\x03 \x01(\t\"]\n\x0f\x43lassifyRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05model\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x08\n\x06_model\"*\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"<\n\x0bPredictions\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.inference.v1.Prediction\"Q\n\x10\x43lassifyResponse\x12.\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x19.inference.v1.Predictions\x12\r\n\x05model\x18\x02 \x01(\t\"\x8f\x01\n\x0e\x43\x61ptionRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x16\n\tbeam_size\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10return_attention\x18\x04 \x01(\x08\x42\x0c\n\n_beam_sizeB\x11\n\x0f_max_new_tokens\"a\n\x0f\x43\x61ptionResponse\x12\x10\n\x08\x63\x61ptions\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\tattention\x18\x03 \x03(\x0b\x32\x1a.inference.v1.AttentionMap2\xbf\x02\n\tInference\x12L\n\tTranslate\x12\x1e.inference.v1.TranslateRequest\x1a\x1f.inference.v1.TranslateResponse\x12Q\n\x0fTranslateStream\x12\x1e.inference.v1.TranslateRequest\x1a\x1c.inference.v1.TranslateChunk0\x01\x12I\n\x08\x43lassify\x12\x1d.inference.v1.ClassifyRequest\x1a\x1e.inference.v1.ClassifyResponse\x12\x46\n\x07\x43\x61ption\x12\x1c.inference.v1.CaptionRequest\x1a\x1d.inference.v1.CaptionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/inference.proto\x12\x0cinference.v1\"\xaf\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x16\n\tbeam_size\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10return_attention\x18\x04 \x01(\x08\x12\x12\n\x05model\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x0c\n\n_beam_sizeB\x11\n\x0f_max_new_tokensB\x08\n\x06_model\"\x89\x01\n\x0c\x41ttentionMap\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0f\n\x07weights\x18\x03 \x03(\x02\x12\x12\n\nrow_tokens\x18\x04 \x03(\t\x12\x12\n\ncol_tokens\x18\x05 \x03(\t\x12\x11\n\tgrid_rows\x18\x06 \x01(\r\x12\x11\n\tgrid_cols\x18\x07 \x01(\r\"w\n\x11TranslateResponse\x12\x14\n\x0ctranslations\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x05\x12-\n\tattention\x18\x04 \x03(\x0b\x32\x1a.inference.v1.AttentionMap\"B\n\x0eTranslateChunk\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x13\n\x0btranslation\x18\x03 \x01(\t\"]\n\x0f\x43lassifyRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\x05model\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x08\n\x06_model\"*\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"<\n\x0bPredictions\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.inference.v1.Prediction\"Q\n\x10\x43lassifyResponse\x12.\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x19.inference.v1.Predictions\x12\r\n\x05model\x18\x02 \x01(\t\"\x8f\x01\n\x0e\x43\x61ptionRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x16\n\tbeam_size\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x10return_attention\x18\x04 \x01(\x08\x42\x0c\n\n_beam_sizeB\x11\n\x0f_max_new_tokens\"a\n\x0f\x43\x61ptionResponse\x12\x10\n\x08\x63\x61ptions\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\tattention\x18\x03 \x03(\x0b\x32\x1a.inference.v1.AttentionMap2\xbf\x02\n\tInference\x12L\n\tTranslate\x12\x1e.inference.v1.TranslateRequest\x1a\x1f.inference.v1.TranslateResponse\x12Q\n\x0fTranslateStream\x12\x1e.inference.v1.TranslateRequest\x1a\x1c.inference.v1.TranslateChunk0\x01\x12I\n\x08\x43lassify\x12\x1d.inference.v1.ClassifyRequest\x1a\x1e.inference.v1.ClassifyResponse\x12\x46\n\x07\x43\x61ption\x12\x1c.inference.v1.CaptionRequest\x1a\x1d.inference.v1.CaptionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.inference_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSLATEREQUEST']._serialized_start=40
-  _globals['_TRANSLATEREQUEST']._serialized_end=185
-  _globals['_ATTENTIONMAP']._serialized_start=188
-  _globals['_ATTENTIONMAP']._serialized_end=325
-  _globals['_TRANSLATERESPONSE']._serialized_start=327
-  _globals['_TRANSLATERESPONSE']._serialized_end=446
-  _globals['_TRANSLATECHUNK']._serialized_start=448
-  _globals['_TRANSLATECHUNK']._serialized_end=514
-  _globals['_CLASSIFYREQUEST']._serialized_start=516
-  _globals['_CLASSIFYREQUEST']._serialized_end=609
-  _globals['_PREDICTION']._serialized_start=611
-  _globals['_PREDICTION']._serialized_end=653
-  _globals['_PREDICTIONS']._serialized_start=655
-  _globals['_PREDICTIONS']._serialized_end=715
-  _globals['_CLASSIFYRESPONSE']._serialized_start=717
-  _globals['_CLASSIFYRESPONSE']._serialized_end=798
-  _globals['_CAPTIONREQUEST']._serialized_start=801
-  _globals['_CAPTIONREQUEST']._serialized_end=944
-  _globals['_CAPTIONRESPONSE']._serialized_start=946
-  _globals['_CAPTIONRESPONSE']._serialized_end=1043
-  _globals['_INFERENCE']._serialized_start=1046
-  _globals['_INFERENCE']._serialized_end=1365
+  _globals['_TRANSLATEREQUEST']._serialized_end=215
+  _globals['_ATTENTIONMAP']._serialized_start=218
+  _globals['_ATTENTIONMAP']._serialized_end=355
+  _globals['_TRANSLATERESPONSE']._serialized_start=357
+  _globals['_TRANSLATERESPONSE']._serialized_end=476
+  _globals['_TRANSLATECHUNK']._serialized_start=478
+  _globals['_TRANSLATECHUNK']._serialized_end=544
+  _globals['_CLASSIFYREQUEST']._serialized_start=546
+  _globals['_CLASSIFYREQUEST']._serialized_end=639
+  _globals['_PREDICTION']._serialized_start=641
+  _globals['_PREDICTION']._serialized_end=683
+  _globals['_PREDICTIONS']._serialized_start=685
+  _globals['_PREDICTIONS']._serialized_end=745
+  _globals['_CLASSIFYRESPONSE']._serialized_start=747
+  _globals['_CLASSIFYRESPONSE']._serialized_end=828
+  _globals['_CAPTIONREQUEST']._serialized_start=831
+  _globals['_CAPTIONREQUEST']._serialized_end=974
+  _globals['_CAPTIONRESPONSE']._serialized_start=976
+  _globals['_CAPTIONRESPONSE']._serialized_end=1073
+  _globals['_INFERENCE']._serialized_start=1076
+  _globals['_INFERENCE']._serialized_end=1395
 # @@protoc_insertion_point(module_scope)

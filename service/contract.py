@@ -34,7 +34,7 @@ MODELS = ("translator", "classifier", "captioner")  # the shipped models: every 
 TASKS = {"translator": "translate", "classifier": "classify", "captioner": "caption"}
 TASK_OF = {"translator": "translation", "classifier": "classification", "captioner": "captioning"}
 DEFAULT_MODEL = {task: name for name, task in TASK_OF.items()}  # what a request without "model" gets
-SERVED_EXTRA_TASKS = ("classification",)  # tasks a repository's other models (imported checkpoints) may have
+SERVED_EXTRA_TASKS = ("classification", "translation")  # tasks a repository's other models (imported checkpoints) may have
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,7 @@ class TranslateJob:
     options: DecodingOptions
     return_attention: bool = False
     deadline: Deadline | None = None
+    model: str = "translator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,18 +246,20 @@ class Contract:
         positions = self.model(model).positions
         return DecodingOptions(beam_size=beam, max_new_tokens=min(asked, positions) if positions else asked)
 
-    def translate(self, texts, *, beam_size=None, max_new_tokens=None, return_attention=None,
+    def translate(self, texts, *, beam_size=None, max_new_tokens=None, return_attention=None, model=None,
                   deadline: Deadline | None = None, stream: bool = False, field: str = "texts") -> TranslateJob:
         """``texts``: the request's texts (1..MAX_ITEMS; a stream takes exactly one). ``max_new_tokens`` beyond the
-        decoder's positions is clamped to them: that translation finishes with ``length``."""
+        decoder's positions is clamped to them: that translation finishes with ``length``. ``model``: a translation
+        model of the repository (None: the shipped translator)."""
+        model = self.for_task(model, "translation")
         texts = counted(texts, field)
         if stream and len(texts) != 1:
             raise errors.out_of_range(f"{field}: a stream translates exactly one text, got {len(texts)}")
         checked = [check_text(t, f"{field}[{i}]" if len(texts) > 1 or field == "texts" else field) for i, t in enumerate(texts)]
         if stream and return_attention:
             raise errors.out_of_range("return_attention: not available on a stream")
-        options = self._options("translator", beam_size, max_new_tokens, TRANSLATE_MAX_NEW_TOKENS, stream)
-        return TranslateJob(checked, options, _flag(return_attention, "return_attention"), deadline)
+        options = self._options(model, beam_size, max_new_tokens, TRANSLATE_MAX_NEW_TOKENS, stream)
+        return TranslateJob(checked, options, _flag(return_attention, "return_attention"), deadline, model)
 
     def _images(self, model: str, payloads, field: str, decode) -> np.ndarray:
         """Image bytes → one ``(N, C, S, S)`` array, each decoded and validated once."""
@@ -320,10 +323,10 @@ class Contract:
         for name, info in self.models.items():
             entry: dict = {"max_items": MAX_ITEMS}
             if info.positions:
-                tokens = TRANSLATE_MAX_NEW_TOKENS if name == "translator" else CAPTION_MAX_NEW_TOKENS
+                tokens = TRANSLATE_MAX_NEW_TOKENS if info.task == "translation" else CAPTION_MAX_NEW_TOKENS
                 entry |= {"beam_size": [BEAM_SIZE.low, BEAM_SIZE.high], "max_new_tokens": [tokens.low, tokens.high],
                           "max_new_tokens_default": tokens.default, "max_new_tokens_decoded": info.positions}
-            if name == "translator":
+            if info.task == "translation":
                 entry["max_text_chars"] = MAX_TEXT_CHARS
             if info.task == "classification":
                 entry["top_k"] = [TOP_K.low, TOP_K.high]

@@ -15,22 +15,27 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data.tokenizer import Tokenizer
 from service import errors
 from service.contract import CaptionJob, TranslateJob
 from service.decoding import DecodingOptions
 from service.engine import DecodeEngine, EngineOptions, QueueFull, Sequence, StepFailed
 from service.providers import CUDA, warm_up
 from service.runtime import EncoderDecoderRuntime, RuntimeOptions
+from service.tokenizers import load_tokenizer
 
 
 class GeneratorHost:
     name = ""
 
-    def __init__(self, directory: Path, runtime_options: RuntimeOptions, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(self, directory: Path, runtime_options: RuntimeOptions, options: EngineOptions = EngineOptions(),
+                 name: str | None = None) -> None:
+        self.name = name or self.name  # an imported model's own name; the shipped ones keep the class's
         self.directory = directory
         self.runtime = EncoderDecoderRuntime(directory, runtime_options)
-        self.tokenizer = Tokenizer.load(directory)
+        self.tokenizer = load_tokenizer(directory, self.runtime.config)
+        generation = self.runtime.config.get("generation", {})
+        options = dataclasses.replace(options, stop_on_repetition=generation.get("stop_on_repetition", True),
+                                      beam_rule=generation.get("beam_rule", "engine"))
         self.engine = DecodeEngine(self.runtime, options).start()
 
     def reconfigure(self, user_config: dict) -> None:
@@ -128,7 +133,7 @@ class TranslatorHost(GeneratorHost):
         outputs = await self._generate(sources, job.options, job.deadline)
         result = {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
         if job.return_attention:
-            batch = np.zeros((len(sources), max(map(len, sources))), dtype=np.int64)  # pad id 0
+            batch = np.full((len(sources), max(map(len, sources))), self.tokenizer.pad_id, dtype=np.int64)
             for i, src in enumerate(sources):
                 batch[i, : len(src)] = src
             maps = await asyncio.to_thread(self.runtime.cross_attention, batch, batch != self.tokenizer.pad_id, outputs)
@@ -163,7 +168,7 @@ class TranslatorHost(GeneratorHost):
             if (refusal := self._refusal(seq)) is not None:
                 raise refusal
             if seq.finish_reason in ("error", "cancelled"):
-                raise errors.failed(f"translator: {seq.error or 'decoding ended: ' + seq.finish_reason}")
+                raise errors.failed(f"{self.name}: {seq.error or 'decoding ended: ' + seq.finish_reason}")
             final = self.tokenizer.decode(tokens)
             if final[len(shown):]:
                 yield {"token": final[len(shown):]}

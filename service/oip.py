@@ -13,7 +13,7 @@ Models as the protocol sees them (every model has the single version ``1``):
 * ``captioner``: input ``image`` BYTES ``[N]`` (encoded scenes); output ``caption`` BYTES ``[N]``. Same parameters.
 
 * an imported classifier (``register``): as ``classifier``, with ``images`` ``[N, C, H, W]`` of its own channels and
-  ``probabilities`` ``[N, labels]``.
+  ``probabilities`` ``[N, labels]``; an imported translator: as ``translator``.
 
 In HTTP JSON, a BYTES element is a JSON string: UTF-8 text for ``text``, base64 for image inputs (binary data, the
 default of ``tritonclient.http``, carries raw bytes instead).
@@ -64,6 +64,8 @@ def register(contract) -> None:
     MODELS.clear()
     MODELS.update(SHIPPED)
     for name, info in contract.models.items():
+        if name not in SHIPPED and info.task == "translation":
+            MODELS[name] = SHIPPED["translator"]
         if name not in SHIPPED and info.task == "classification":
             MODELS[name] = {
                 "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, info.channels, -1, -1]},

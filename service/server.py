@@ -27,7 +27,7 @@ from ray import serve
 from service import front
 from service.classifier import ClassifierHost
 from service.config import default_repository
-from service.contract import Contract, repository_models
+from service.contract import MODELS, Contract, repository_models
 from service.front import grpc as task_grpc
 from service.front import health, oip
 from service.front.grpc import undecodable
@@ -94,9 +94,12 @@ class Models:
         self.translator = TranslatorHost(repository / "translator" / "1", own("translator"))
         self.captioner = CaptionerHost(repository / "captioner" / "1", own("captioner"))
         self.hosts = {"translator": self.translator, "classifier": self.classifier, "captioner": self.captioner}
-        for name in self.contract.models:  # imported classifiers: each within the classifier's share of GPU memory
+        for name, info in self.contract.models.items():  # imported models: each within its task's share of GPU memory
             if name not in self.hosts:
-                self.hosts[name] = ClassifierHost(repository / name / "1", own("classifier"), name)
+                if info.task == "classification":
+                    self.hosts[name] = ClassifierHost(repository / name / "1", own("classifier"), name)
+                else:
+                    self.hosts[name] = TranslatorHost(repository / name / "1", own("translator"), name=name)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,12 +112,12 @@ class Models:
 
     def reconfigure(self, user_config: dict) -> None:
         """Blocking (a decoder's new width is measured before this returns): call it off the event loop. An imported
-        classifier without its own entry takes the shipped classifier's."""
+        model without its own entry takes the shipped model's of its task."""
         if unknown := set(user_config) - set(self.hosts):
             raise ValueError(f"user_config: unknown keys {sorted(unknown)} (one entry per model: {', '.join(self.hosts)})")
         for name, host in self.hosts.items():
-            fallback = user_config.get("classifier") if isinstance(host, ClassifierHost) else None
-            host.reconfigure(dict(user_config.get(name) or fallback or {}))
+            shipped = name if name in MODELS else "classifier" if isinstance(host, ClassifierHost) else "translator"
+            host.reconfigure(dict(user_config.get(name) or user_config.get(shipped) or {}))
 
     def stats(self, name: str) -> dict:
         return self.host(name).stats()
@@ -131,8 +134,9 @@ class Models:
         return "its ONNX Runtime session did not answer"
 
     def stop(self) -> None:
-        self.translator.stop()
-        self.captioner.stop()
+        for host in self.hosts.values():
+            if hasattr(host, "stop"):
+                host.stop()
 
 
 @serve.deployment(max_ongoing_requests=4096, ray_actor_options={"num_cpus": 1})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service import config as serve_config
-from tests.hfkit import IMPORTED, tiny_vit
+from tests.hfkit import IMPORTED, IMPORTED_TRANSLATOR, tiny_marian, tiny_vit
 
 # Before anything imports Ray: the service runs as `make run` runs it (HAProxy ingress, Serve's throughput preset),
 # with HAProxy's files and side ports private to this test session.
@@ -29,7 +29,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
     """`python -m export` exactly as a user runs it (fp32, with its own parity checks on the test splits), and a tiny
-    Hugging Face ViT imported beside the three (`python -m export --hf`): the service serves it by name.
+    Hugging Face ViT and Marian model imported beside the three (`python -m export --hf`): the service serves them by
+    name.
 
     TEST_MODEL_REPOSITORY=DIR reuses a repository exported earlier (a shortcut while iterating; CI exports).
     """
@@ -40,10 +41,12 @@ def repo(tmp_path_factory):
         out = tmp_path_factory.mktemp("repo") / "model_repository"
         proc = subprocess.run([sys.executable, "-m", "export", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    if not (out / IMPORTED / "1" / "model.onnx").exists():  # beside the shipped three: an imported checkpoint, served by name
-        from export.hf import import_checkpoint
+    from export.hf import import_checkpoint
 
+    if not (out / IMPORTED / "1" / "model.onnx").exists():  # beside the shipped three: imported checkpoints, served by name
         import_checkpoint(tiny_vit(tmp_path_factory.mktemp("hf") / "vit"), IMPORTED, out)
+    if not (out / IMPORTED_TRANSLATOR / "1" / "decoder.onnx").exists():
+        import_checkpoint(tiny_marian(tmp_path_factory.mktemp("hf") / "marian"), IMPORTED_TRANSLATOR, out)
     return out
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 LABELS = {0: "cat", 1: "dog", 2: "fox"}
 IMPORTED = "pets"  # the imported classifier in the tests' model repository (conftest.py)
+IMPORTED_TRANSLATOR = "opus"  # and the imported Marian translator
 
 
 def tiny_vit(directory: Path, *, channels: int = 3, size: int = 32, layers: int = 2, mean=(0.5, 0.4, 0.3),
@@ -33,8 +34,10 @@ def sentences(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))).capitalize() + "." for _ in range(n)]
 
 
-def tiny_marian(directory: Path, *, layers: int = 2, positions: int = 64) -> Path:
-    """A random-weight MarianMTModel (seeded) with a MarianTokenizer whose SentencePiece model is trained here on a few
+def tiny_marian(directory: Path, *, layers: int = 2, positions: int = 64, init_std: float = 0.4,
+                eos_bias: float = 3.5) -> Path:
+    """A random-weight MarianMTModel (seeded; weights drawn wide, std 0.4, so that what it writes depends on what it
+    reads: with the default 0.02 every input gave the same output) with a MarianTokenizer whose SentencePiece model is trained here on a few
     hundred sentences (source.spm = target.spm, one vocab.json: "</s>" 0, "<unk>" 1, "<pad>" last, as OPUS-MT's)."""
     import io
     import json
@@ -60,8 +63,13 @@ def tiny_marian(directory: Path, *, layers: int = 2, positions: int = 64) -> Pat
     config = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=layers, decoder_layers=layers,
                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                           max_position_embeddings=positions, pad_token_id=vocab["<pad>"], eos_token_id=0,
-                          decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=None, scale_embedding=True)
+                          decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=None, scale_embedding=True,
+                          init_std=init_std)
     model = MarianMTModel(config)
+    with torch.no_grad():  # a bias that matters, and an EOS that some outputs reach before the decoder's limit
+        model.final_logits_bias.normal_(0.0, 1.0)
+        model.final_logits_bias[0, 0] += eos_bias
     model.generation_config.num_beams, model.generation_config.max_length = 4, positions
+    model.generation_config.bad_words_ids = [[vocab["<pad>"]]]  # as OPUS-MT's: the pad is never generated
     model.save_pretrained(directory, safe_serialization=True)
     return directory

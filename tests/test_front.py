@@ -19,7 +19,7 @@ from service.front import grpc as task_grpc
 from service.front import oip
 from service.front.http import app
 from service.images import encode_png
-from tests.hfkit import IMPORTED, LABELS, tiny_vit
+from tests.hfkit import IMPORTED, IMPORTED_TRANSLATOR, LABELS, sentences, tiny_marian, tiny_vit
 
 DIGIT = encode_png((np.eye(8) * 255).astype(np.uint8))
 SCENE = encode_png(np.zeros((32, 32), np.uint8))
@@ -173,7 +173,7 @@ def test_metadata_publishes_the_limits(http):
     meta = http.get("/v2/models/captioner").json()
     assert meta["parameters"]["max_new_tokens_decoded"] == 48 and meta["name"] == "captioner"
     assert http.get("/readyz").json() == {"ready": True, "models": {"translator": True, "classifier": True, "captioner": True,
-                                                                   IMPORTED: True}}
+                                                                   IMPORTED: True, IMPORTED_TRANSLATOR: True}}
 
 
 def test_an_imported_model_is_served_by_name_on_every_protocol_as_transformers_answers(http, tmp_path):
@@ -206,7 +206,7 @@ def test_an_imported_model_is_served_by_name_on_every_protocol_as_transformers_a
     response, context = grpc_call(http, oip.ModelInfer, oip_pb, request)
     assert context.code is None and np.allclose(np.frombuffer(response.raw_output_contents[0], np.float32), expected, atol=1e-5)
     index = http.post("/v2/repository/index").json()
-    assert sorted(m["name"] for m in index) == sorted(["translator", "classifier", "captioner", IMPORTED]) and {m["state"] for m in index} == {"READY"}
+    assert sorted(m["name"] for m in index) == sorted(["translator", "classifier", "captioner", IMPORTED, IMPORTED_TRANSLATOR]) and {m["state"] for m in index} == {"READY"}
 
     default = http.post("/v1/classify", json={"image": b64(DIGIT)}).json()
     assert default["model"] == "classifier" and {p["label"] for p in default["predictions"][0]} <= set("0123456789")
@@ -231,3 +231,45 @@ def torch_no_grad():
     import torch
 
     return torch.no_grad()
+
+
+def test_an_imported_marian_model_translates_by_name_as_transformers_generates(http, tmp_path):
+    """The tests' repository's tiny Marian model (random weights, so its outputs are noise and often run to the
+    limit): named in ``model``, the task route, a stream, task gRPC and the Open Inference Protocol give the text of
+    ``generate(num_beams=1, do_sample=False)`` through its own tokenizer, up to the decoder's 64 positions; with
+    ``beam_size`` 4, the text of ``generate(num_beams=4)``."""
+    from transformers import MarianMTModel, MarianTokenizer
+
+    source = tiny_marian(tmp_path / "marian")  # the same seeded checkpoint the repository imported
+    model, tokenizer = MarianMTModel.from_pretrained(source).eval(), MarianTokenizer.from_pretrained(source)
+    texts = sentences(6, seed=11)
+    with torch_no_grad():
+        generated = model.generate(**tokenizer(texts, return_tensors="pt", padding=True), num_beams=1, do_sample=False,
+                                   max_new_tokens=64)
+    expected = tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+    answer = http.post("/v1/translate", json={"texts": texts, "model": IMPORTED_TRANSLATOR}).json()
+    assert answer["model"] == IMPORTED_TRANSLATOR and answer["translations"] == expected
+    with http.stream("POST", "/v1/translate/stream", json={"text": texts[0], "model": IMPORTED_TRANSLATOR}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["done"] and events[-1]["translation"] == expected[0]
+    response, context = grpc_call(http, task_grpc.Translate, task_pb, task_pb.TranslateRequest(texts=texts, model=IMPORTED_TRANSLATOR))
+    assert context.code is None and response.model == IMPORTED_TRANSLATOR and list(response.translations) == expected
+    body, _ = oip_request(IMPORTED_TRANSLATOR, [("text", "BYTES", [t.encode() for t in texts])], {})
+    assert http.post(f"/v2/models/{IMPORTED_TRANSLATOR}/infer", json=body).json()["outputs"][0]["data"] == expected
+    shipped = http.post("/v1/translate", json={"text": "Friday, March 14, 2025"}).json()
+    assert shipped == {"translations": ["vendredi 14 mars 2025"], "model": "translator", "tokens": [12]}
+    wrong = http.post("/v1/translate", json={"text": "Hi", "model": IMPORTED})
+    assert wrong.status_code == 422 and "does classification, not translation" in wrong.json()["error"]["message"]
+    assert http.get(f"/v2/models/{IMPORTED_TRANSLATOR}").json()["parameters"]["max_new_tokens_decoded"] == 64
+
+    more = sentences(24, seed=11)  # beam search: generate(num_beams=4), its length penalty (1.0) and EOS rule
+    with torch_no_grad():
+        beams = model.generate(**tokenizer(more, return_tensors="pt", padding=True), num_beams=4, do_sample=False,
+                               max_new_tokens=64)
+    expected = tokenizer.batch_decode(beams, skip_special_tokens=True)
+    answer = http.post("/v1/translate", json={"texts": more, "model": IMPORTED_TRANSLATOR, "beam_size": 4}).json()
+    assert answer["translations"] == expected
+    response, context = grpc_call(http, task_grpc.Translate, task_pb,
+                                  task_pb.TranslateRequest(texts=more, beam_size=4, model=IMPORTED_TRANSLATOR))
+    assert context.code is None and list(response.translations) == expected

@@ -116,7 +116,7 @@ def test_a_marian_model_is_imported_in_the_translators_contract_with_fused_atten
     version = out / "opus" / "1"
     assert sorted(p.name for p in version.iterdir()) == ["config.json", "decoder.onnx", "encoder.onnx", "source.spm",
                                                          "target.spm", "vocab.json"]
-    assert config["task"] == "translation" and config["special"]["decoder_start"] == config["special"]["pad"]
+    assert config["task"] == "translation" and config["special_tokens"]["bos"] == config["special_tokens"]["pad"]
     assert fusion_report(version / "encoder.onnx") == {"attention": 2, "softmax": 0}  # 2 encoder layers
     assert fusion_report(version / "decoder.onnx") == {"attention": 4, "softmax": 0}  # self + cross, 2 layers
     decoder = onnx.load(str(version / "decoder.onnx"))

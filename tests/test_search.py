@@ -43,3 +43,20 @@ def test_a_search_cut_by_its_length_limit_returns_its_best_open_beam():
     state = BeamState(2, EOS)
     state.advance(step_logits([{4: 0.7, 5: 0.3}, {6: 1.0}]))
     assert state.best() == [4]
+
+
+def test_transformers_rule_ends_a_hypothesis_only_for_an_eos_among_the_k_best():
+    """k = 2, so 4 candidates a step. EOS (id 0) ranks third: the engine's rule keeps it as a finished hypothesis;
+    transformers' (``eos_in_top_k``: an imported checkpoint's) drops it, and the beams go on with the two best."""
+    cand_tok = np.array([[5, 6, 0, 7], [5, 6, 0, 7]])
+    cand_logp = np.log(np.array([[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]]))
+    engine, transformers = BeamState(2, eos=0), BeamState(2, eos=0, eos_in_top_k=True)
+    for search in (engine, transformers):
+        rows, tokens, _ = search.advance_top(cand_tok, cand_logp)
+        assert tokens.tolist() == [5, 6] and rows.tolist() == [0, 0]  # step 0: only the first beam is alive
+    assert [f[1] for f in engine.finished] == [[]] and transformers.finished == []
+    eos_first = (np.array([[0, 5, 6, 7], [0, 5, 6, 7]]), cand_logp)  # EOS ranks first: both rules end the hypothesis
+    BeamState(2, eos=0, eos_in_top_k=True).advance_top(*eos_first)
+    ends = BeamState(2, eos=0, eos_in_top_k=True)
+    ends.advance_top(*eos_first)
+    assert [f[1] for f in ends.finished] == [[]]

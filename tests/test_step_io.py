@@ -43,3 +43,22 @@ def test_the_top_k_and_their_log_probabilities_are_the_hosts(decoder, k):
     np.testing.assert_array_equal(got["top_ids"], order)
     assert (got["top_ids"][:, 0] == logits.argmax(-1)).all()
     np.testing.assert_allclose(got["top_logp"], np.take_along_axis(logits - lse, order, axis=1), atol=1e-5)
+
+
+def test_banned_tokens_are_never_candidates_but_stay_in_the_normaliser(tmp_path):
+    """``add_step_io(banned=...)`` (an imported checkpoint's single-token bad_words_ids): a banned id is never among
+    the top-k, even when its logit is the largest; ``logits`` and the log-probabilities are the model's own."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "step",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 6])])
+    path = tmp_path / "step.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)]), str(path))
+    add_step_io(path, banned=(2,), vocab_size=6)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.array([[0.0, 1.0, 9.0, 3.0, 2.0, -1.0]], np.float32)  # the banned id 2 has the largest logit
+    logits, ids, logp = session.run(["logits", "top_ids", "top_logp"], {"x": x, "top_k": np.array([3])})
+    assert ids.tolist() == [[3, 4, 1]] and np.array_equal(logits, x)
+    full = x - np.log(np.exp(x).sum())  # the normaliser counts the banned token, as transformers' log_softmax does
+    assert np.allclose(logp, full[:, [3, 4, 1]], atol=1e-6)

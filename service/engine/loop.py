@@ -251,7 +251,9 @@ class DecodeEngine:
         self.metrics.observe("inference_compute_duration_seconds", time.monotonic() - started, model=self.model, stage="encoder")
         self.metrics.observe("inference_batch_size", len(seqs), model=self.model, stage="encoder")
         for seq in seqs:
-            seq.search = (BeamState(seq.beam_size, self.eos, seq.length_penalty, ignore_eos=self.options.ignore_eos)
+            seq.search = (BeamState(seq.beam_size, self.eos, seq.length_penalty, ignore_eos=self.options.ignore_eos,
+                                     guard=self.options.stop_on_repetition,
+                                     eos_in_top_k=self.options.beam_rule == "transformers")
                           if seq.beam_size > 1 else None)
         taken = min(len(slots), sum(s.width for s in seqs))
         self.batch.place(seqs, cross, mask, slots[:taken])
@@ -327,7 +329,7 @@ class DecodeEngine:
                 seq.tokens.append(token)
                 if seq.on_token is not None:
                     seq.on_token(token)
-                if not self.options.ignore_eos and runaway(seq.tokens):
+                if self.options.stop_on_repetition and not self.options.ignore_eos and runaway(seq.tokens):
                     self._finish(seq, "repetition")
                 elif len(seq.tokens) >= seq.max_new_tokens:
                     self._finish(seq, "length")

@@ -63,8 +63,17 @@ class EngineOptions:
     # best non-EOS candidate is taken). vLLM's ignore_eos: for benchmarks and tests that need long decodes of a
     # model whose outputs are short; never for serving users (they would get garbage after the real answer).
     ignore_eos: bool = False
+    # The repetition guard (models/repetition.py): a piece repeated a 4th time in a row ends the output. On for the
+    # shipped models (the trained translator loops on input outside its domain); off for an imported checkpoint
+    # (its config.json, "generation.stop_on_repetition"), whose outputs are held to transformers' generate().
+    stop_on_repetition: bool = True
+    # Beam search's rule for EOS candidates: "engine" (any of the step's 2k best ends its hypothesis) or "transformers"
+    # (only one among the k best does, as transformers' generate(); an imported checkpoint's config.json asks for it)
+    beam_rule: str = "engine"
 
     def __post_init__(self) -> None:
+        if self.beam_rule not in ("engine", "transformers"):
+            raise ValueError(f"beam_rule must be 'engine' or 'transformers', got {self.beam_rule!r}")
         if self.scheduling not in ("iteration", "static"):
             raise ValueError(f"scheduling must be 'iteration' or 'static', got {self.scheduling!r}")
         if self.max_batch < 1 or self.max_queue < 0:

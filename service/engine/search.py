@@ -40,9 +40,14 @@ class BeamState:
     ``sum log p / length ** penalty``.
     """
 
-    def __init__(self, k: int, eos: int, length_penalty: float = 1.0, ignore_eos: bool = False) -> None:
+    def __init__(self, k: int, eos: int, length_penalty: float = 1.0, ignore_eos: bool = False, guard: bool = True,
+                 eos_in_top_k: bool = False) -> None:
         self.k, self.eos, self.length_penalty = k, eos, length_penalty
+        # transformers' rule (an imported checkpoint's, held to its generate()): an EOS candidate ends a hypothesis
+        # only if it ranks among the step's k best candidates; one ranked k..2k is dropped
+        self.eos_in_top_k = eos_in_top_k
         self.ignore_eos = ignore_eos  # EngineOptions.ignore_eos: EOS candidates are passed over, the guard is off
+        self.guard = guard and not ignore_eos  # EngineOptions.stop_on_repetition
         self.c = 2 * k  # candidates per step: enough to refill k beams after EOS ones
         self.scores = np.full(k, -np.inf)
         self.scores[0] = 0.0  # all beams start identical: only the first is alive at step 0
@@ -65,16 +70,18 @@ class BeamState:
         total = (self.scores[:, None] + cand_logp).reshape(-1)  # (k*c,)
         order = np.argsort(-total, kind="stable")[: 2 * k]
         rows, tokens, scores, seqs = [], [], [], []
-        for cand in order:
+        for rank, cand in enumerate(order):
             beam, j = divmod(int(cand), c)
             score, token = float(total[cand]), int(cand_tok[beam, j])
             if not np.isfinite(score) or (token == self.eos and self.ignore_eos):
+                continue
+            if token == self.eos and self.eos_in_top_k and rank >= k:
                 continue
             if token == self.eos:
                 self.finished.append((score / self.norm(len(self.seqs[beam]) + 1), self.seqs[beam]))
                 self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]
                 continue
-            if not self.ignore_eos and runaway(self.seqs[beam], token):  # the guard: this ends the hypothesis, as EOS would
+            if self.guard and runaway(self.seqs[beam], token):  # the guard: this ends the hypothesis, as EOS would
                 ended = self.seqs[beam] + [token]
                 self.finished.append((score / self.norm(len(ended) + 1), ended))
                 self.finished = sorted(self.finished, key=lambda f: f[0], reverse=True)[:k]

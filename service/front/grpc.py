@@ -61,25 +61,36 @@ def _attention(pb, a: dict):
                            grid_rows=grid[0], grid_cols=grid[1])
 
 
+def _label(model, task: str) -> str:
+    """The metrics' model label for a request that names ``model``: its name if it is a model of ``task`` here,
+    else the shipped model's (an unknown name is refused, and must not become a label)."""
+    shipped = "classifier" if task == "classification" else "translator"
+    known = models().contract.models.get(model or shipped)
+    return model if model is not None and known is not None and known.task == task else shipped
+
+
 async def Translate(pb, request, context):
+    asked = _field(request, "model")
+
     async def work():
         job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
                                           max_new_tokens=_field(request, "max_new_tokens"),
-                                          return_attention=request.return_attention)
-        result = await models().translator.translate(job)
-        return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model="translator",
+                                          return_attention=request.return_attention, model=asked)
+        result = await models().host(job.model).translate(job)
+        return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model=job.model,
                                     attention=[_attention(pb, a) for a in result.get("attention", [])])
 
-    return await unary(context, pb.TranslateResponse(), work, "translator", "Translate")
+    return await unary(context, pb.TranslateResponse(), work, _label(asked, "translation"), "Translate")
 
 
 async def TranslateStream(pb, request, context):
-    with Observed("translator", "grpc", "TranslateStream") as observed:
+    asked = _field(request, "model")
+    with Observed(_label(asked, "translation"), "grpc", "TranslateStream") as observed:
         try:
             job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
                                               max_new_tokens=_field(request, "max_new_tokens"),
-                                              return_attention=request.return_attention or None, stream=True)
-            stream = models().translator.stream(job)
+                                              return_attention=request.return_attention or None, stream=True, model=asked)
+            stream = models().host(job.model).stream(job)
             item = await stream.__anext__()
         except ServiceError as e:  # refused before the stream started
             observed.code = refuse(context, e)
@@ -99,8 +110,7 @@ async def TranslateStream(pb, request, context):
 
 async def Classify(pb, request, context):
     asked = _field(request, "model")
-    known = models().contract.models.get(asked or "classifier")
-    label = asked if known is not None and known.task == "classification" else "classifier"  # metrics: known names only
+    label = _label(asked, "classification")
 
     async def work():
         job = models().contract.classify(list(request.images), top_k=_field(request, "top_k"), model=asked)

@@ -66,6 +66,7 @@ class TranslateRequest(BaseModel):
     beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
     max_new_tokens: int | None = ranged(TRANSLATE_MAX_NEW_TOKENS, "beyond the decoder's 256 positions: clamped")
     return_attention: bool = False
+    model: str | None = Field(None, description="a translation model of the repository (default: the shipped translator)")
 
 
 class TranslateStreamRequest(BaseModel):
@@ -74,6 +75,7 @@ class TranslateStreamRequest(BaseModel):
     max_new_tokens: int | None = ranged(TRANSLATE_MAX_NEW_TOKENS, "tokens")
     beam_size: int | None = Field(None, description="streaming decodes greedily: 1 only",
                                   json_schema_extra={"minimum": 1, "maximum": 1})
+    model: str | None = Field(None, description="a translation model of the repository (default: the shipped translator)")
 
 
 class AttentionMap(BaseModel):
@@ -177,8 +179,10 @@ async def translate(request: Request) -> Response:
     body = parse(TranslateRequest, await request.body())
     job = models().contract.translate(contract.one_or_many(body.text, body.texts, "text"), beam_size=body.beam_size,
                                       max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
-                                      deadline=deadline(request))
-    return answer({**await models().translator.translate(job), "model": "translator"})
+                                      model=body.model, deadline=deadline(request))
+    if (observed := request.scope.get("observed")) is not None:
+        observed.attribute(job.model)
+    return answer({**await models().host(job.model).translate(job), "model": job.model})
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -199,10 +203,12 @@ class ClosingStreamingResponse(StreamingResponse):
 async def translate_stream(request: Request):
     body = parse(TranslateStreamRequest, await request.body())
     job = models().contract.translate([body.text], beam_size=body.beam_size, max_new_tokens=body.max_new_tokens,
-                                      deadline=deadline(request), stream=True, field="text")
-    stream = models().translator.stream(job)
-    first = await stream.__anext__()  # a refusal before the first token is a plain HTTP error
+                                      model=body.model, deadline=deadline(request), stream=True, field="text")
     observed: Observed | None = request.scope.get("observed")
+    if observed is not None:
+        observed.attribute(job.model)
+    stream = models().host(job.model).stream(job)
+    first = await stream.__anext__()  # a refusal before the first token is a plain HTTP error
 
     async def events():
         yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"

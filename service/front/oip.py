@@ -43,13 +43,13 @@ async def infer(model: str, tensors: list, params: dict, deadline: Deadline | No
         top = [labels[i].encode() for i in probs.argmax(-1)]
         return [codec.Output("probabilities", "FP32", [n, probs.shape[1]], probs), codec.Output("label", "BYTES", [n], top)]
     beam, max_new = params.get("beam_size"), params.get("max_new_tokens")
-    if model == "translator":
+    if m.contract.model(model).task == "translation":
         try:
             texts = [x.decode("utf-8") for x in t.data]
         except UnicodeDecodeError:
             raise codec.ProtocolError("text: elements must be UTF-8") from None
-        job = m.contract.translate(texts, beam_size=beam, max_new_tokens=max_new, deadline=deadline, field="text")
-        result = await m.translator.translate(job)
+        job = m.contract.translate(texts, beam_size=beam, max_new_tokens=max_new, model=model, deadline=deadline, field="text")
+        result = await m.host(model).translate(job)
         return [codec.Output("translation", "BYTES", [n], [x.encode() for x in result["translations"]]),
                 codec.Output("tokens", "INT32", [n], np.asarray(result["tokens"], dtype=np.int32))]
     job = m.contract.caption(t.data, beam_size=beam, max_new_tokens=max_new, deadline=deadline)
