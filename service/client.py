@@ -72,6 +72,11 @@ def _numbered(path: str, i: int, n: int) -> str:
     return str(p.with_name(f"{p.stem}-{i + 1}{p.suffix}"))
 
 
+def _named(args, payload: dict) -> dict:
+    """The request body, with the model it names (``--model``) if any."""
+    return payload | ({"model": args.model} if args.model else {})
+
+
 def stream(args) -> list[str]:
     """Print the translation token by token as the service decodes it; return it whole."""
     if len(args.inputs) != 1:
@@ -86,7 +91,7 @@ def stream(args) -> list[str]:
         with grpc.insecure_channel(args.grpc_target) as channel:
             try:
                 for chunk in inference_pb2_grpc.InferenceStub(channel).TranslateStream(
-                        pb.TranslateRequest(texts=args.inputs), timeout=(args.timeout_ms or 60_000) / 1000):
+                        pb.TranslateRequest(texts=args.inputs, model=args.model), timeout=(args.timeout_ms or 60_000) / 1000):
                     if not chunk.done:
                         pieces.append(chunk.token)
                         print(chunk.token, end="", flush=True, file=sys.stderr)
@@ -97,7 +102,7 @@ def stream(args) -> list[str]:
 
         headers = {"X-Request-Timeout-Ms": str(args.timeout_ms)} if args.timeout_ms else {}
         try:
-            with requests.post(args.url.rstrip("/") + "/v1/translate/stream", json={"text": args.inputs[0]}, headers=headers,
+            with requests.post(args.url.rstrip("/") + "/v1/translate/stream", json=_named(args, {"text": args.inputs[0]}), headers=headers,
                                stream=True, timeout=(args.timeout_ms or 60_000) / 1000 + 5) as r:
                 if r.status_code != 200:
                     raise ServiceError(f"HTTP {r.status_code}: {r.text[:200]}")
@@ -125,10 +130,11 @@ def translate(args) -> list[str]:
     if args.grpc:
         from proto import inference_pb2 as pb
 
-        reply = _grpc(args, "Translate", pb.TranslateRequest(texts=args.inputs, beam_size=args.beam_size, return_attention=want))
+        reply = _grpc(args, "Translate", pb.TranslateRequest(texts=args.inputs, beam_size=args.beam_size, return_attention=want,
+                                                            model=args.model))
         translations, maps = list(reply.translations), [_attention_dict(a) for a in reply.attention]
     else:
-        body = _http(args, "/v1/translate", {"texts": args.inputs, "beam_size": args.beam_size, "return_attention": want})
+        body = _http(args, "/v1/translate", _named(args, {"texts": args.inputs, "beam_size": args.beam_size, "return_attention": want}))
         translations, maps = body["translations"], body.get("attention", [])
     if want:
         from service.plots import translation_attention
@@ -153,9 +159,9 @@ def classify(args) -> list[list[dict]]:
     if args.grpc:
         from proto import inference_pb2 as pb
 
-        reply = _grpc(args, "Classify", pb.ClassifyRequest(images=images, top_k=args.top_k))
+        reply = _grpc(args, "Classify", pb.ClassifyRequest(images=images, top_k=args.top_k, model=args.model))
         return [[{"label": p.label, "score": round(p.score, 4)} for p in row.predictions] for row in reply.predictions]
-    payload = {"images": [base64.b64encode(b).decode() for b in images], "top_k": args.top_k}
+    payload = _named(args, {"images": [base64.b64encode(b).decode() for b in images], "top_k": args.top_k})
     return _http(args, "/v1/classify", payload)["predictions"]
 
 
@@ -190,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="gRPC host:port")
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--model", help="translate/classify: a model of the repository by name (default: the shipped one)")
     parser.add_argument("--timeout-ms", type=int, help="deadline for the request")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     parser.add_argument("--stream", action="store_true", help="translate: show tokens as they are decoded (on stderr)")

@@ -195,6 +195,12 @@ def test_command_line_client(service, tmp_path, transport):
     scene.write_bytes(encode_png(canvases[0]))
     out = run("caption", str(scene))
     assert out.returncode == 0 and out.stdout.strip() == captions[0]
+    out = run("classify", str(scene), "--model", "pets", "--top-k", "1")  # an imported model of the repository, by name
+    assert out.returncode == 0 and out.stdout.split(": ")[1].split(" (")[0] in {"cat", "dog", "fox"}, out.stdout + out.stderr
+    out = run("translate", "The cat sees the dog.", "--model", "opus")
+    assert out.returncode == 0 and out.stdout.strip() != "", out.stderr
+    bad = run("translate", "Hi", "--model", "parrots")
+    assert bad.returncode == 1 and ("404" in bad.stderr or "NOT_FOUND" in bad.stderr), bad.stderr
     bad = run("classify", str(tmp_path / "missing.png"))
     assert bad.returncode == 1 and "cannot read" in bad.stderr
     junk = tmp_path / "junk.png"
