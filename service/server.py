@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +28,7 @@ from ray import serve
 from service import front
 from service.classifier import ClassifierHost
 from service.config import default_repository
-from service.contract import MODELS, Contract, repository_models
+from service.contract import MODELS, TASK_OF, Contract, repository_models
 from service.front import grpc as task_grpc
 from service.front import health, oip
 from service.front.grpc import undecodable
@@ -85,9 +86,21 @@ class Models:
     def __init__(self, repository: str | Path, runtime_options: RuntimeOptions | None = None) -> None:
         repository = Path(repository)
         options = runtime_options or RuntimeOptions()
-        limits = model_memory_limits(options.gpu_mem_limit)  # the replica's GPU memory, split between its models
-        own = lambda name: dataclasses.replace(options, gpu_mem_limit=limits[name])
         self.contract = Contract.from_repository(repository)
+        # the replica's GPU memory, split between its models: each task's share (MODEL_SHARE) split evenly between
+        # the shipped model of that task and the imported ones, so that imports never over-commit the device
+        limits = model_memory_limits(options.gpu_mem_limit)
+        shipped = {TASK_OF[m]: m for m in MODELS}
+        sharing = Counter(info.task for info in self.contract.models.values())
+
+        def own(name: str) -> RuntimeOptions:
+            task = self.contract.models[name].task
+            share = limits[shipped[task]]
+            self.memory_limits[name] = None if share is None else share // sharing[task]
+            return dataclasses.replace(options, gpu_mem_limit=self.memory_limits[name])
+
+        self.memory_limits: dict[str, int | None] = {}
+
         for name, why in repository_models(repository)[1].items():
             logging.getLogger("ray.serve").warning("model '%s' in %s is not served: %s", name, repository, why)
         self.classifier = ClassifierHost(repository / "classifier" / "1", own("classifier"))
@@ -97,9 +110,9 @@ class Models:
         for name, info in self.contract.models.items():  # imported models: each within its task's share of GPU memory
             if name not in self.hosts:
                 if info.task == "classification":
-                    self.hosts[name] = ClassifierHost(repository / name / "1", own("classifier"), name)
+                    self.hosts[name] = ClassifierHost(repository / name / "1", own(name), name)
                 else:
-                    self.hosts[name] = TranslatorHost(repository / name / "1", own("translator"), name=name)
+                    self.hosts[name] = TranslatorHost(repository / name / "1", own(name), name=name)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -164,9 +164,9 @@ def test_a_repository_lists_its_own_models_and_names_the_ones_it_cannot_serve(tm
         (tmp_path / name / "1" / "config.json").write_text(json.dumps(config))
     (tmp_path / "notes").mkdir()  # no 1/config.json: not a model
     assert list(contract.repository_configs(tmp_path)) == ["translator", "classifier", "captioner", "pets", "zebras"]
-    (tmp_path / "opus" / "1").mkdir(parents=True)
-    (tmp_path / "opus" / "1" / "config.json").write_text(json.dumps({"task": "translation"}))
+    (tmp_path / "blip" / "1").mkdir(parents=True)
+    (tmp_path / "blip" / "1" / "config.json").write_text(json.dumps({"task": "captioning"}))
     served, skipped = contract.repository_models(tmp_path)  # served beside what is not, with the reason
     assert list(served) == ["translator", "classifier", "captioner", "pets", "zebras"]
-    assert skipped == {"opus": "task 'translation' is not served for a model of the repository's own yet "
-                               "(served: classification, and the shipped three)"}
+    assert skipped == {"blip": "task 'captioning' is not served for a model of the repository's own yet "
+                               "(served: classification, translation, and the shipped three)"}

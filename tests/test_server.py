@@ -61,3 +61,20 @@ def test_a_replica_asked_for_cuda_that_runs_on_the_cpu_is_not_ready_and_says_why
         assert all(m.ready(name) for name in ("translator", "classifier", "captioner"))
     finally:
         m.stop()
+
+
+def test_imported_models_share_their_tasks_gpu_memory_without_over_committing_the_replica(repo):
+    """The tests' repository holds an imported classifier and translator: each task's share of the replica's GPU
+    memory is split between its models, so the limits add up to at most the replica's (and are None on a CPU)."""
+    limit = 8 * 2**30
+    m = Models(repo, RuntimeOptions(intra_op_threads=1, gpu_mem_limit=limit))
+    try:
+        assert set(m.memory_limits) == set(m.names) and sum(m.memory_limits.values()) <= limit
+        assert m.memory_limits["classifier"] == m.memory_limits["pets"] and m.memory_limits["translator"] == m.memory_limits["opus"]
+    finally:
+        m.stop()
+    m = Models(repo, RuntimeOptions(intra_op_threads=1))
+    try:
+        assert set(m.memory_limits.values()) == {None}
+    finally:
+        m.stop()
