@@ -124,13 +124,12 @@ class Models:
         return self.hosts[name]
 
     def reconfigure(self, user_config: dict) -> None:
-        """Blocking (a decoder's new width is measured before this returns): call it off the event loop. An imported
-        model without its own entry takes the shipped model's of its task."""
+        """Blocking (a decoder's new width is measured before this returns): call it off the event loop. A model without
+        an entry of its own (an imported one) runs with the defaults: one model's settings never change another's."""
         if unknown := set(user_config) - set(self.hosts):
             raise ValueError(f"user_config: unknown keys {sorted(unknown)} (one entry per model: {', '.join(self.hosts)})")
         for name, host in self.hosts.items():
-            shipped = name if name in MODELS else "classifier" if isinstance(host, ClassifierHost) else "translator"
-            host.reconfigure(dict(user_config.get(name) or user_config.get(shipped) or {}))
+            host.reconfigure(dict(user_config.get(name) or {}))
 
     def stats(self, name: str) -> dict:
         return self.host(name).stats()
