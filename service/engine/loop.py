@@ -22,6 +22,7 @@ import collections
 import random
 import threading
 import time
+from concurrent.futures import InvalidStateError
 
 import numpy as np
 
@@ -367,8 +368,10 @@ class DecodeEngine:
                     if seq.admitted_at_step is not None:
                         self.scheduler.left(seq)
         seq.finished_at_step = self.steps
-        if not seq.future.done():
+        try:  # the waiter may have cancelled it meanwhile (its deadline answered, its client gone)
             if reason == "error":
                 seq.future.set_exception(StepFailed(seq.error or "decoding failed"))
             else:
                 seq.future.set_result(list(seq.tokens))
+        except InvalidStateError:
+            pass
