@@ -1,6 +1,7 @@
 """A decoder model's tokenizer, as its ``config.json`` names it: the shipped models' SentencePiece tokenizer
 (``tokenizer.model``, ``models.data.tokenizer``), or an imported Marian checkpoint's (``source.spm``, ``target.spm``,
-``vocab.json``), read here with ``sentencepiece`` alone: ``transformers`` is needed to import, never to serve.
+``vocab.json``), read here with ``sentencepiece`` alone, or an imported captioner's ``tokenizer.json``, read with the
+``tokenizers`` library: ``transformers`` is needed to import, never to serve.
 
 ``MarianTokenizer`` does what ``transformers``' tokenizer of the same name does for one source text and for generated
 ids with ``skip_special_tokens=True`` (``tests/test_tokenizers.py`` holds them equal on a tokenizer built there): a
@@ -47,10 +48,34 @@ class MarianTokenizer:
         return self.target.decode_pieces(kept).replace(SPIECE_UNDERLINE, " ").strip()
 
 
+class HuggingFaceTokenizer:
+    """A ``tokenizer.json`` (a fast tokenizer as ``save_pretrained`` writes it; an imported captioner's GPT-2
+    byte-level BPE), read with the ``tokenizers`` library: generated ids → text as ``transformers``' ``decode(ids,
+    skip_special_tokens=True)`` gives it, without the leading space a byte-level BPE writes before the first word."""
+
+    def __init__(self, directory: Path, files: dict, special: dict) -> None:
+        from tokenizers import Tokenizer as FastTokenizer
+
+        self.tokenizer = FastTokenizer.from_file(str(directory / files["file"]))
+        self.pad_id, self.eos_id, self.unk_id = special["pad"], special["eos"], special["unk"]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.id_to_token(int(i)) or "" for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+
 def load_tokenizer(directory: Path, config: dict):
-    """The tokenizer ``config.json`` names: ``{"kind": "marian", ...}`` for an imported Marian model, else the shipped
+    """The tokenizer ``config.json`` names: ``{"kind": "marian", ...}`` for an imported Marian model,
+    ``{"kind": "huggingface", "file": "tokenizer.json"}`` for an imported captioner, else the shipped
     ``tokenizer.model``."""
     spec = config.get("tokenizer")
     if isinstance(spec, dict) and spec.get("kind") == "marian":
         return MarianTokenizer(Path(directory), spec, config["special_tokens"])
+    if isinstance(spec, dict) and spec.get("kind") == "huggingface":
+        return HuggingFaceTokenizer(Path(directory), spec, config["special_tokens"])
     return Tokenizer.load(directory)

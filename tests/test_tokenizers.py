@@ -1,5 +1,6 @@
 """service.tokenizers: an imported Marian model's tokenizer, read with sentencepiece alone, against transformers'
-MarianTokenizer on the same files (built here: tests/hfkit.py)."""
+MarianTokenizer on the same files, and an imported captioner's ``tokenizer.json``, read with ``tokenizers``, against
+transformers' GPT2TokenizerFast (both built here: tests/hfkit.py)."""
 
 import json
 
@@ -8,8 +9,8 @@ from transformers import MarianTokenizer as Reference
 
 from models.checkpoint import CHECKPOINTS
 from models.data.tokenizer import Tokenizer
-from service.tokenizers import MarianTokenizer, load_tokenizer
-from tests.hfkit import sentences, tiny_marian
+from service.tokenizers import HuggingFaceTokenizer, MarianTokenizer, load_tokenizer
+from tests.hfkit import END, byte_level_bpe, sentences, tiny_marian
 
 FILES = {"kind": "marian", "source": "source.spm", "target": "target.spm", "vocab": "vocab.json"}
 
@@ -44,3 +45,21 @@ def test_the_config_names_the_tokenizer(pair):
     _, _, special, source = pair
     assert isinstance(load_tokenizer(source, {"tokenizer": FILES, "special_tokens": special}), MarianTokenizer)
     assert isinstance(load_tokenizer(CHECKPOINTS / "translator", {"tokenizer": "tokenizer.model"}), Tokenizer)
+
+
+def test_a_tokenizer_json_decodes_generated_ids_as_transformers_decodes_them(tmp_path):
+    """What a captioner generates (GPT-2's byte-level BPE): the text of ``decode(ids, skip_special_tokens=True)``,
+    without the space before the first word; the pieces are the tokenizer's own."""
+    from transformers import AutoTokenizer
+
+    eos = byte_level_bpe(tmp_path).token_to_id(END)
+    reference = AutoTokenizer.from_pretrained(tmp_path)
+    config = {"tokenizer": {"kind": "huggingface", "file": "tokenizer.json"}, "special_tokens": {"pad": eos, "eos": eos, "unk": eos}}
+    ours = load_tokenizer(tmp_path, config)
+    assert isinstance(ours, HuggingFaceTokenizer)
+    for text in TEXTS:
+        ids = reference(" " + text)["input_ids"]  # as a decoder writes them: each word after a space
+        assert ours.encode(" " + text) == ids, text
+        assert ours.decode(ids + [eos]) == reference.decode(ids + [eos], skip_special_tokens=True).strip(), text
+        assert ours.pieces(ids) == reference.convert_ids_to_tokens(ids)
+    assert ours.decode([eos]) == ""
