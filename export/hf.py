@@ -11,9 +11,9 @@ factor, mean and std, and the model's ``id2label``. The graph takes images as th
 N × C × H × W, pixel values / 255) and applies the checkpoint's rescale and normalisation itself, so whoever feeds it
 needs only the size and the channel order, which ``config.json`` states.
 
-Supported now: ``ViTForImageClassification``, and ``MarianMTModel`` (``export/hf_marian.py``: the shipped
-translator's encoder/decoder contract, KV cache included). Anything else is refused with a message naming it
-(``VisionEncoderDecoderModel`` is not imported yet).
+Supported now: ``ViTForImageClassification``, ``MarianMTModel`` (``export/hf_marian.py``: the shipped translator's
+encoder/decoder contract, KV cache included) and ``VisionEncoderDecoderModel`` with a ViT encoder and a GPT-2 decoder
+(``export/hf_caption.py``: the shipped captioner's contract). Anything else is refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ from torch import nn
 
 from export.onnx import OPSET, ExportError, check_fused, export_graph
 
-SUPPORTED = ("ViTForImageClassification", "MarianMTModel")
-NOT_YET = {
-    "VisionEncoderDecoderModel": "captioning checkpoints need the decoder's KV-cache contract; not imported yet",
-}
+SUPPORTED = ("ViTForImageClassification", "MarianMTModel", "VisionEncoderDecoderModel")
 PARITY_TOLERANCE = 1e-4  # max |logit difference| against transformers, fp32
 PARITY_IMAGES = 16
 
@@ -57,8 +54,6 @@ def architecture(source: Path) -> str:
     if len(names) != 1:
         raise UnsupportedCheckpoint(f"{source}: config.json names {names or 'no'} architectures; one is needed")
     name = names[0]
-    if name in NOT_YET:
-        raise UnsupportedCheckpoint(f"{source}: {name} is not supported yet ({NOT_YET[name]}); supported: {', '.join(SUPPORTED)}")
     if name not in SUPPORTED:
         raise UnsupportedCheckpoint(f"{source}: architecture {name} is not supported; supported: {', '.join(SUPPORTED)}")
     if not (source / "model.safetensors").exists() and not (source / "model.safetensors.index.json").exists():
@@ -164,7 +159,14 @@ def import_marian(source: Path, directory: Path, name: str) -> dict[str, Any]:
     return run(source, directory, name)
 
 
-IMPORTERS = {"ViTForImageClassification": import_vit_classifier, "MarianMTModel": import_marian}
+def import_captioner(source: Path, directory: Path, name: str) -> dict[str, Any]:
+    from export.hf_caption import import_captioner as run
+
+    return run(source, directory, name)
+
+
+IMPORTERS = {"ViTForImageClassification": import_vit_classifier, "MarianMTModel": import_marian,
+             "VisionEncoderDecoderModel": import_captioner}
 
 
 def import_checkpoint(source: str | Path, name: str, out: str | Path) -> dict[str, Any]:

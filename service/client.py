@@ -172,11 +172,12 @@ def caption(args) -> list[str]:
         if args.grpc:
             from proto import inference_pb2 as pb
 
-            reply = _grpc(args, "Caption", pb.CaptionRequest(image=image, beam_size=args.beam_size, return_attention=want))
+            reply = _grpc(args, "Caption", pb.CaptionRequest(image=image, beam_size=args.beam_size, return_attention=want,
+                                                             model=args.model))
             captions, maps = list(reply.captions), [_attention_dict(a) for a in reply.attention]
         else:
-            body = _http(args, "/v1/caption", {"image": base64.b64encode(image).decode(), "beam_size": args.beam_size,
-                                               "return_attention": want})
+            body = _http(args, "/v1/caption", _named(args, {"image": base64.b64encode(image).decode(),
+                                                            "beam_size": args.beam_size, "return_attention": want}))
             captions, maps = body["captions"], body.get("attention", [])
         out += captions
         if want and maps:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="gRPC host:port")
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--model", help="translate/classify: a model of the repository by name (default: the shipped one)")
+    parser.add_argument("--model", help="a model of the repository by name (default: the shipped one of the task)")
     parser.add_argument("--timeout-ms", type=int, help="deadline for the request")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     parser.add_argument("--stream", action="store_true", help="translate: show tokens as they are decoded (on stderr)")

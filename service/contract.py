@@ -34,7 +34,7 @@ MODELS = ("translator", "classifier", "captioner")  # the shipped models: every 
 TASKS = {"translator": "translate", "classifier": "classify", "captioner": "caption"}
 TASK_OF = {"translator": "translation", "classifier": "classification", "captioner": "captioning"}
 DEFAULT_MODEL = {task: name for name, task in TASK_OF.items()}  # what a request without "model" gets
-SERVED_EXTRA_TASKS = ("classification", "translation")  # tasks a repository's other models (imported checkpoints) may have
+SERVED_EXTRA_TASKS = ("classification", "translation", "captioning")  # tasks a repository's other models (imported checkpoints) may have
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +106,11 @@ class ClassifyJob:
 
 @dataclasses.dataclass(frozen=True)
 class CaptionJob:
-    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1]
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]: (N, 1, 32, 32) for the shipped captioner
     options: DecodingOptions
     return_attention: bool = False
     deadline: Deadline | None = None
+    model: str = "captioner"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,13 +282,15 @@ class Contract:
         converted and resized as its own image processor does."""
         top_k = TOP_K.check(top_k, "top_k")
         model = self.for_task(model, "classification")
-        info = self.model(model)
-        if info.processing is None:
-            decode = digit_input
-        else:
-            p = info.processing
-            decode = lambda data, _size: picture_input(data, tuple(p["size"]), p["color"], p.get("resample"))
-        return ClassifyJob(self._images(model, payloads, field, decode), top_k, deadline, model)
+        return ClassifyJob(self._images(model, payloads, field, self._decoder_of(model, digit_input)), top_k, deadline, model)
+
+    def _decoder_of(self, model: str, shipped):
+        """How ``model`` turns image bytes into its input: ``shipped`` (the shipped models' own), or, for an imported
+        model, its image processor's size, colour and filter."""
+        p = self.model(model).processing
+        if p is None:
+            return shipped
+        return lambda data, _size: picture_input(data, tuple(p["size"]), p["color"], p.get("resample"))
 
     def classify_array(self, images: np.ndarray, *, top_k=None, model=None, deadline: Deadline | None = None,
                        field: str = "images") -> ClassifyJob:
@@ -310,12 +313,15 @@ class Contract:
         return ClassifyJob(np.stack([picture_array(np.asarray(x, np.float32), tuple(p["size"]), p.get("resample")) for x in images]),
                            top_k, deadline, model)
 
-    def caption(self, payloads, *, beam_size=None, max_new_tokens=None, return_attention=None,
+    def caption(self, payloads, *, beam_size=None, max_new_tokens=None, return_attention=None, model=None,
                 deadline: Deadline | None = None, field: str = "image") -> CaptionJob:
-        """Encoded scenes. ``max_new_tokens`` beyond the decoder's positions (48 for the shipped captioner) is clamped."""
-        options = self._options("captioner", beam_size, max_new_tokens, CAPTION_MAX_NEW_TOKENS, False)
-        images = self._images("captioner", payloads, field, scene_input)
-        return CaptionJob(images, options, _flag(return_attention, "return_attention"), deadline)
+        """Encoded pictures: scenes for the shipped captioner; for an imported model, converted and resized as its own
+        image processor does. ``max_new_tokens`` beyond the decoder's positions (48 for the shipped captioner) is
+        clamped."""
+        model = self.for_task(model, "captioning")
+        options = self._options(model, beam_size, max_new_tokens, CAPTION_MAX_NEW_TOKENS, False)
+        images = self._images(model, payloads, field, self._decoder_of(model, scene_input))
+        return CaptionJob(images, options, _flag(return_attention, "return_attention"), deadline, model)
 
     def limits(self) -> dict:
         """What a client may send, per model (``/v2/models/{name}`` metadata, the README)."""

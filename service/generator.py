@@ -55,8 +55,7 @@ class GeneratorHost:
             ignore_eos=bool(user_config.get("ignore_eos", defaults.ignore_eos)))
         if self.provider == CUDA and not self.runtime.config.get("encoder", {}).get("input") == "input_ids":
             # the captioner's encoder (ViT: a patch convolution) at each batch size, once, before requests
-            size = self.runtime.config["encoder"]["image_size"]
-            warm_up(lambda b: self.runtime.encode(np.zeros((b, 1, size, size), np.float32)), options.max_batch)
+            warm_up(lambda b: self.runtime.encode(self.runtime.blank_images(b)), options.max_batch)
         self.engine.configure(options)
 
     def stats(self) -> dict:
@@ -194,6 +193,7 @@ class CaptionerHost(GeneratorHost):
             maps = await asyncio.to_thread(self.runtime.cross_attention, job.images, None, outputs)
             encoder = self.runtime.config["encoder"]
             grid = [encoder.get("grid", encoder["image_size"] // encoder["patch_size"])] * 2
-            result["attention"] = [{"target_tokens": self.tokenizer.pieces(o), "grid": grid, "weights": m.round(5).tolist()}
+            first = 1 if encoder.get("class_token") else 0  # an imported ViT's class token: not a patch of the grid
+            result["attention"] = [{"target_tokens": self.tokenizer.pieces(o), "grid": grid, "weights": m[:, first:].round(5).tolist()}
                                    for o, m in zip(outputs, maps)]
         return result

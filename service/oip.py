@@ -58,7 +58,7 @@ SHIPPED = dict(MODELS)
 
 
 def register(contract) -> None:
-    """The repository's imported classifiers beside the shipped three (called when a process's models are bound):
+    """The repository's imported models beside the shipped three: translators and captioners as the shipped ones; classifiers (called when a process's models are bound):
     input ``images`` FP32 ``[N, C, H, W]`` in [0, 1] with the model's channels, or ``image_bytes``; outputs as the
     shipped classifier's, with the model's own labels."""
     MODELS.clear()
@@ -66,6 +66,8 @@ def register(contract) -> None:
     for name, info in contract.models.items():
         if name not in SHIPPED and info.task == "translation":
             MODELS[name] = SHIPPED["translator"]
+        if name not in SHIPPED and info.task == "captioning":
+            MODELS[name] = SHIPPED["captioner"]
         if name not in SHIPPED and info.task == "classification":
             MODELS[name] = {
                 "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, info.channels, -1, -1]},

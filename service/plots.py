@@ -28,7 +28,7 @@ def caption_attention(image: bytes, attention: dict, path: str | Path) -> Path:
     scene = np.asarray(Image.open(io.BytesIO(image)).convert("L"), dtype=np.float32)
     rows, cols = attention["grid"]
     weights = np.asarray(attention["weights"], dtype=np.float32).reshape(-1, rows, cols)
-    tokens = [t.replace("\u2581", "") or "·" for t in attention["target_tokens"]]
+    tokens = [t.replace("\u2581", "").replace("\u0120", "") or "·" for t in attention["target_tokens"]]  # SentencePiece/GPT-2 word marks
     n = len(tokens)
     per_row = min(n, 6) or 1
     lines = (n + per_row - 1) // per_row or 1

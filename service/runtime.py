@@ -200,6 +200,12 @@ class EncoderDecoderRuntime:
             return top_ids, top_logp, present, out[2].numpy().astype(np.float32, copy=False)
         return top_ids, top_logp, present
 
+    def blank_images(self, batch: int) -> np.ndarray:
+        """``batch`` black images as an image encoder takes them: ``(B, C, S, S)``, C = 1 for the shipped captioner,
+        an imported one's own channels."""
+        size, channels = self.config["encoder"]["image_size"], self.config.get("processing", {}).get("channels", 1)
+        return np.zeros((batch, channels, size, size), np.float32)
+
     def encode(self, inputs: np.ndarray, source_mask: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Encoder input (token ids ``(B, S)`` or images ``(B, 1, H, W)``) → cross K/V per layer (k₀…, v₀…) and mask ``(B, S)``."""
         name = self.encoder.get_inputs()[0].name

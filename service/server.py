@@ -80,7 +80,7 @@ SWITCH_INTERVAL_S = float(os.environ.get("SERVE_GIL_SWITCH_INTERVAL_S", "0.0005"
 
 
 class Models:
-    """The models of one repository in this process (the shipped three, and any imported classifier beside them), and
+    """The models of one repository in this process (the shipped three, and any imported model beside them), and
     the contract their requests are validated by."""
 
     def __init__(self, repository: str | Path, runtime_options: RuntimeOptions | None = None) -> None:
@@ -109,10 +109,8 @@ class Models:
         self.hosts = {"translator": self.translator, "classifier": self.classifier, "captioner": self.captioner}
         for name, info in self.contract.models.items():  # imported models: each within its task's share of GPU memory
             if name not in self.hosts:
-                if info.task == "classification":
-                    self.hosts[name] = ClassifierHost(repository / name / "1", own(name), name)
-                else:
-                    self.hosts[name] = TranslatorHost(repository / name / "1", own(name), name=name)
+                host = {"classification": ClassifierHost, "translation": TranslatorHost, "captioning": CaptionerHost}[info.task]
+                self.hosts[name] = host(repository / name / "1", own(name), name=name)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service import config as serve_config
-from tests.hfkit import IMPORTED, IMPORTED_TRANSLATOR, tiny_marian, tiny_vit
+from tests.hfkit import IMPORTED, IMPORTED_CAPTIONER, IMPORTED_TRANSLATOR, tiny_captioner, tiny_marian, tiny_vit
 
 # Before anything imports Ray: the service runs as `make run` runs it (HAProxy ingress, Serve's throughput preset),
 # with HAProxy's files and side ports private to this test session.
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
     """`python -m export` exactly as a user runs it (fp32, with its own parity checks on the test splits), and a tiny
-    Hugging Face ViT and Marian model imported beside the three (`python -m export --hf`): the service serves them by
+    Hugging Face ViT, Marian and ViT + GPT-2 captioning model imported beside the three (`python -m export --hf`): the service serves them by
     name.
 
     TEST_MODEL_REPOSITORY=DIR reuses a repository exported earlier (a shortcut while iterating; CI exports).
@@ -47,6 +47,8 @@ def repo(tmp_path_factory):
         import_checkpoint(tiny_vit(tmp_path_factory.mktemp("hf") / "vit"), IMPORTED, out)
     if not (out / IMPORTED_TRANSLATOR / "1" / "decoder.onnx").exists():
         import_checkpoint(tiny_marian(tmp_path_factory.mktemp("hf") / "marian"), IMPORTED_TRANSLATOR, out)
+    if not (out / IMPORTED_CAPTIONER / "1" / "decoder.onnx").exists():
+        import_checkpoint(tiny_captioner(tmp_path_factory.mktemp("hf") / "captioner"), IMPORTED_CAPTIONER, out)
     return out
 
 

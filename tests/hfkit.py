@@ -73,3 +73,67 @@ def tiny_marian(directory: Path, *, layers: int = 2, positions: int = 64, init_s
     model.generation_config.bad_words_ids = [[vocab["<pad>"]]]  # as OPUS-MT's: the pad is never generated
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+IMPORTED_CAPTIONER = "scenes"  # and the imported ViT + GPT-2 captioner
+END = "<|endoftext|>"
+
+
+def byte_level_bpe(directory: Path):
+    """A GPT-2 style byte-level BPE trained here on a few hundred sentences (vocabulary 300, ``<|endoftext|>`` its one
+    special token), saved in ``directory`` as ``GPT2TokenizerFast`` saves it (``tokenizer.json``); returns it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(sentences(), trainers.BpeTrainer(vocab_size=300, special_tokens=[END],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    GPT2TokenizerFast(tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END, pad_token=END).save_pretrained(directory)
+    return bpe
+
+
+def tiny_captioner(directory: Path, *, size: int = 32, positions: int = 40, decoder: str = "gpt2",
+                   init_std: float = 0.3, eos_gain: float = 2.0) -> Path:
+    """A random-weight VisionEncoderDecoderModel (seeded): a ViT encoder (hidden 32) and a GPT-2 decoder with
+    cross-attention (hidden 48: the checkpoint's encoder-to-decoder projection is exercised), its ViTImageProcessor,
+    and a byte-level BPE tokenizer trained here on a few hundred sentences, saved as GPT-2's fast tokenizer
+    (``tokenizer.json``). Weights are drawn wide (std ``init_std``) so that captions depend on the image.
+    ``decoder="bert"``: a BERT decoder instead (not supported: the refusal tests)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    bpe = byte_level_bpe(directory)
+    eos = bpe.token_to_id(END)
+    torch.manual_seed(0)
+    encoder = ViTConfig(image_size=size, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)
+    if decoder == "bert":
+        dec = BertConfig(vocab_size=bpe.get_vocab_size(), hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=96, max_position_embeddings=positions, is_decoder=True, add_cross_attention=True)
+    else:
+        dec = GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=positions, n_embd=48, n_layer=2, n_head=2,
+                         bos_token_id=eos, eos_token_id=eos, add_cross_attention=True, is_decoder=True,
+                         initializer_range=init_std)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, dec)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = eos, eos, eos
+    model = VisionEncoderDecoderModel(config=config)
+    if decoder == "gpt2":
+        with torch.no_grad():  # an EOS some captions reach before the decoder's limit (the head is the embedding)
+            model.decoder.transformer.wte.weight[eos] *= eos_gain
+    model.generation_config.decoder_start_token_id = eos
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = eos
+    model.generation_config.max_length = positions
+    model.save_pretrained(directory, safe_serialization=True)
+    ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5, 0.4, 0.3],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(directory)
+    return directory

@@ -164,9 +164,9 @@ def test_a_repository_lists_its_own_models_and_names_the_ones_it_cannot_serve(tm
         (tmp_path / name / "1" / "config.json").write_text(json.dumps(config))
     (tmp_path / "notes").mkdir()  # no 1/config.json: not a model
     assert list(contract.repository_configs(tmp_path)) == ["translator", "classifier", "captioner", "pets", "zebras"]
-    (tmp_path / "blip" / "1").mkdir(parents=True)
-    (tmp_path / "blip" / "1" / "config.json").write_text(json.dumps({"task": "captioning"}))
+    (tmp_path / "bart" / "1").mkdir(parents=True)
+    (tmp_path / "bart" / "1" / "config.json").write_text(json.dumps({"task": "summarization"}))
     served, skipped = contract.repository_models(tmp_path)  # served beside what is not, with the reason
     assert list(served) == ["translator", "classifier", "captioner", "pets", "zebras"]
-    assert skipped == {"blip": "task 'captioning' is not served for a model of the repository's own yet "
-                               "(served: classification, translation, and the shipped three)"}
+    assert skipped == {"bart": "task 'summarization' is not served for a model of the repository's own yet "
+                               "(served: classification, translation, captioning, and the shipped three)"}

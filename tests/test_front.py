@@ -19,7 +19,7 @@ from service.front import grpc as task_grpc
 from service.front import oip
 from service.front.http import app
 from service.images import encode_png
-from tests.hfkit import IMPORTED, IMPORTED_TRANSLATOR, LABELS, sentences, tiny_marian, tiny_vit
+from tests.hfkit import IMPORTED, IMPORTED_CAPTIONER, IMPORTED_TRANSLATOR, LABELS, sentences, tiny_captioner, tiny_marian, tiny_vit
 
 DIGIT = encode_png((np.eye(8) * 255).astype(np.uint8))
 SCENE = encode_png(np.zeros((32, 32), np.uint8))
@@ -173,7 +173,8 @@ def test_metadata_publishes_the_limits(http):
     meta = http.get("/v2/models/captioner").json()
     assert meta["parameters"]["max_new_tokens_decoded"] == 48 and meta["name"] == "captioner"
     assert http.get("/readyz").json() == {"ready": True, "models": {"translator": True, "classifier": True, "captioner": True,
-                                                                   IMPORTED: True, IMPORTED_TRANSLATOR: True}}
+                                                                   IMPORTED: True, IMPORTED_TRANSLATOR: True,
+                                                                   IMPORTED_CAPTIONER: True}}
 
 
 def test_an_imported_model_is_served_by_name_on_every_protocol_as_transformers_answers(http, tmp_path):
@@ -206,7 +207,8 @@ def test_an_imported_model_is_served_by_name_on_every_protocol_as_transformers_a
     response, context = grpc_call(http, oip.ModelInfer, oip_pb, request)
     assert context.code is None and np.allclose(np.frombuffer(response.raw_output_contents[0], np.float32), expected, atol=1e-5)
     index = http.post("/v2/repository/index").json()
-    assert sorted(m["name"] for m in index) == sorted(["translator", "classifier", "captioner", IMPORTED, IMPORTED_TRANSLATOR]) and {m["state"] for m in index} == {"READY"}
+    assert sorted(m["name"] for m in index) == sorted(["translator", "classifier", "captioner", IMPORTED, IMPORTED_TRANSLATOR,
+                                                       IMPORTED_CAPTIONER]) and {m["state"] for m in index} == {"READY"}
 
     default = http.post("/v1/classify", json={"image": b64(DIGIT)}).json()
     assert default["model"] == "classifier" and {p["label"] for p in default["predictions"][0]} <= set("0123456789")
@@ -273,3 +275,49 @@ def test_an_imported_marian_model_translates_by_name_as_transformers_generates(h
     response, context = grpc_call(http, task_grpc.Translate, task_pb,
                                   task_pb.TranslateRequest(texts=more, beam_size=4, model=IMPORTED_TRANSLATOR))
     assert context.code is None and list(response.translations) == expected
+
+
+def test_an_imported_captioner_captions_by_name_as_transformers_generates(http, tmp_path):
+    """The tests' repository's tiny ViT + GPT-2 captioner (random weights: its captions are noise, some end early,
+    some run to the limit): named in ``model``, the task route, task gRPC and the Open Inference Protocol give the
+    text of ``generate(num_beams=1, do_sample=False)`` on the pictures as its own image processor prepares them,
+    decoded by its own tokenizer; with ``beam_size`` 4, the text of ``generate(num_beams=4)``. The attention map is
+    over the patches of its grid (the class token left out)."""
+    from PIL import Image
+    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+
+    source = tiny_captioner(tmp_path / "captioner")  # the same seeded checkpoint the repository imported
+    model = VisionEncoderDecoderModel.from_pretrained(source).eval()
+    processor, tokenizer = ViTImageProcessor.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    rng = np.random.default_rng(5)
+    pictures = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)] + [
+        rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)]  # another size: resized as the processor does
+    pixel_values = processor(images=[Image.fromarray(p) for p in pictures], return_tensors="pt").pixel_values
+
+    def expected(beams: int) -> list[str]:
+        with torch_no_grad():
+            generated = model.generate(pixel_values=pixel_values, num_beams=beams, do_sample=False, max_new_tokens=40)
+        return [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+    greedy, beam = expected(1), expected(4)
+    assert len(set(greedy)) > 1, greedy  # captions that depend on the picture
+    encoded = [encode_rgb(p) for p in pictures]
+    for picture, want, want_beam in zip(encoded, greedy, beam):
+        answer = http.post("/v1/caption", json={"image": b64(picture), "model": IMPORTED_CAPTIONER}).json()
+        assert answer == {"captions": [want], "model": IMPORTED_CAPTIONER}
+        answer = http.post("/v1/caption", json={"image": b64(picture), "model": IMPORTED_CAPTIONER, "beam_size": 4}).json()
+        assert answer["captions"] == [want_beam]
+    response, context = grpc_call(http, task_grpc.Caption, task_pb, task_pb.CaptionRequest(image=encoded[0], model=IMPORTED_CAPTIONER,
+                                                                                          return_attention=True))
+    assert context.code is None and response.model == IMPORTED_CAPTIONER and list(response.captions) == greedy[:1]
+    a = response.attention[0]
+    assert (a.grid_rows, a.grid_cols, a.cols) == (4, 4, 16) and a.rows == len(a.row_tokens) and len(a.weights) == a.rows * 16
+    body, _ = oip_request(IMPORTED_CAPTIONER, [("image", "BYTES", encoded)], {"beam_size": 4})
+    assert http.post(f"/v2/models/{IMPORTED_CAPTIONER}/infer", json=body).json()["outputs"][0]["data"] == beam
+    assert http.get(f"/v2/models/{IMPORTED_CAPTIONER}").json()["parameters"]["max_new_tokens_decoded"] == 40
+
+    shipped = http.post("/v1/caption", json={"image": b64(SCENE)}).json()
+    assert shipped["model"] == "captioner"
+    wrong = http.post("/v1/caption", json={"image": b64(SCENE), "model": IMPORTED_TRANSLATOR})
+    assert wrong.status_code == 422 and "does translation, not captioning" in wrong.json()["error"]["message"]
+    assert http.post("/v1/caption", json={"image": b64(SCENE), "model": "blip"}).status_code == 404

@@ -80,8 +80,7 @@ def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int)
         source = (np.arange(length, dtype=np.int64) % (cfg["decoder"]["vocab_size"] - 4) + 4)[None]
         cross, cross_mask = rt.encode(source, np.ones(source.shape, dtype=bool))
     else:
-        size = cfg["encoder"]["image_size"]
-        cross, cross_mask = rt.encode(np.zeros((1, 1, size, size), dtype=np.float32), None)
+        cross, cross_mask = rt.encode(rt.blank_images(1), None)
     widths = sorted({b for b in WIDTHS if b <= max_batch} | {max_batch})
     bos = cfg["special_tokens"]["bos"]
     fixed = {b: ([rt.to_device(np.repeat(a, b, axis=0)) for a in cross], np.repeat(cross_mask, b, axis=0)) for b in widths}

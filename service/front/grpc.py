@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grpc
 
+from service.contract import DEFAULT_MODEL
 from service.errors import ServiceError
 from service.front import models
 from service.front.observe import Observed
@@ -64,7 +65,7 @@ def _attention(pb, a: dict):
 def _label(model, task: str) -> str:
     """The metrics' model label for a request that names ``model``: its name if it is a model of ``task`` here,
     else the shipped model's (an unknown name is refused, and must not become a label)."""
-    shipped = "classifier" if task == "classification" else "translator"
+    shipped = DEFAULT_MODEL[task]
     known = models().contract.models.get(model or shipped)
     return model if model is not None and known is not None and known.task == task else shipped
 
@@ -124,12 +125,15 @@ async def Classify(pb, request, context):
 
 
 async def Caption(pb, request, context):
+    asked = _field(request, "model")
+    label = _label(asked, "captioning")
+
     async def work():
         job = models().contract.caption([request.image], beam_size=_field(request, "beam_size"),
                                         max_new_tokens=_field(request, "max_new_tokens"),
-                                        return_attention=request.return_attention)
-        result = await models().captioner.caption(job)
-        return pb.CaptionResponse(captions=result["captions"], model="captioner",
+                                        return_attention=request.return_attention, model=asked)
+        result = await models().host(job.model).caption(job)
+        return pb.CaptionResponse(captions=result["captions"], model=job.model,
                                   attention=[_attention(pb, a) for a in result.get("attention", [])])
 
-    return await unary(context, pb.CaptionResponse(), work, "captioner", "Caption")
+    return await unary(context, pb.CaptionResponse(), work, label, "Caption")

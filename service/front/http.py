@@ -119,6 +119,7 @@ class CaptionRequest(BaseModel):
     beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
     max_new_tokens: int | None = ranged(CAPTION_MAX_NEW_TOKENS, "beyond the decoder's 48 positions: clamped")
     return_attention: bool = False
+    model: str | None = Field(None, description="a captioning model of the repository (default: the shipped digit-scene captioner)")
 
 
 class CaptionResponse(BaseModel):
@@ -263,9 +264,11 @@ async def caption(request: Request) -> Response:
     body = parse(CaptionRequest, await request.body())
     job = models().contract.caption([contract.b64(body.image, "image")], beam_size=body.beam_size,
                                     max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
-                                    deadline=deadline(request))
-    result = await models().captioner.caption(job)
-    out = {"captions": result["captions"], "model": "captioner"}
+                                    model=body.model, deadline=deadline(request))
+    if (observed := request.scope.get("observed")) is not None:
+        observed.attribute(job.model)
+    result = await models().host(job.model).caption(job)
+    out = {"captions": result["captions"], "model": job.model}
     if "attention" in result:
         out["attention"] = result["attention"]
     return answer(out)

@@ -52,8 +52,8 @@ async def infer(model: str, tensors: list, params: dict, deadline: Deadline | No
         result = await m.host(model).translate(job)
         return [codec.Output("translation", "BYTES", [n], [x.encode() for x in result["translations"]]),
                 codec.Output("tokens", "INT32", [n], np.asarray(result["tokens"], dtype=np.int32))]
-    job = m.contract.caption(t.data, beam_size=beam, max_new_tokens=max_new, deadline=deadline)
-    result = await m.captioner.caption(job)
+    job = m.contract.caption(t.data, beam_size=beam, max_new_tokens=max_new, model=model, deadline=deadline)
+    result = await m.host(model).caption(job)
     return [codec.Output("caption", "BYTES", [n], [x.encode() for x in result["captions"]])]
 
 
