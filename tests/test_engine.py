@@ -374,3 +374,18 @@ def test_ignore_eos_decodes_every_sequence_to_its_max_new_tokens(translator):
         run_until_idle(engine)
         assert [len(s.future.result()) for s in seqs] == want, [tok.decode(s.future.result()) for s in seqs]
         assert {s.finish_reason for s in seqs} == ({"length"} if ignore else {"eos"})
+
+
+def test_a_beam_wider_than_the_chosen_width_is_decoded_alone_as_offline(translator):
+    """A CPU's measured width may be 4 while beam_size goes to 8: the beam runs alone over that width, gives the offline
+    search's tokens, and the greedy request behind it is answered after it."""
+    rt, tok = translator
+    engine = DecodeEngine(rt, EngineOptions(max_batch=16, auto_width=False))
+    engine.batch_limit = 4  # what calibration chooses on a slow CPU
+    text = "The meeting is on Wednesday, September 27, 2084."
+    wide, after = engine.submit(Sequence(ids(tok, text), 60, beam_size=8)), engine.submit(Sequence(ids(tok, "one"), 60))
+    while engine.load != (0, 0):
+        engine.step()
+    src = ids(tok, text)[None]
+    assert wide.future.result() == rt.generate(src, src != 0, DecodingOptions(beam_size=8, max_new_tokens=60))[0]
+    assert after.future.result() == offline(rt, tok, ["one"])[0]

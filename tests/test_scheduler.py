@@ -32,26 +32,27 @@ def test_requests_queue_behind_a_full_batch_instead_of_being_refused():
 
 
 def test_a_request_that_cannot_make_its_budget_is_refused_at_once():
-    """Queued only while the expected wait is at most WAIT_SHARE (half) of the budget: the estimate is a running mean,
-    and a queue filled to the whole budget sent a third of the requests under a sustained overload past their
-    deadline."""
+    """Without a deadline: queued while the expected wait is within max_queue_wait_s (it is refused undecoded if it
+    waits longer). With one: while it is at most WAIT_SHARE (half) of what the deadline leaves, as the estimate is a
+    running mean and a queue filled to the whole deadline sent a third of the requests under a sustained overload
+    past it (504: decoded for nothing)."""
     from service.engine.scheduler import WAIT_SHARE
 
     assert WAIT_SHARE == 0.5
     sched = Scheduler(EngineOptions(max_queue_wait_s=2.0))
     sched.step_s, sched.steps_per_seq = 0.01, 50  # a full batch of 4 frees a row every 0.125 s
     now = time.monotonic()
-    for _ in range(8):
-        sched.submit([seq()], live_rows=4, limit=4, now=now)  # the 8th waits for 8 rows to leave: 1.0 s, half its budget
-    with pytest.raises(QueueFull, match="would wait about 1125 ms") as refused:
+    for _ in range(16):
+        sched.submit([seq()], live_rows=4, limit=4, now=now)  # the 16th waits for 16 rows to leave: 2.0 s, its budget
+    with pytest.raises(QueueFull, match="would wait about 2125 ms for a place in the batch, over its budget of 2000 ms") as refused:
         sched.submit([seq()], live_rows=4, limit=4, now=now)
-    assert refused.value.reason == "expected_wait" and len(sched.waiting) == 8
-    # a request whose own deadline is further off may wait for it
+    assert refused.value.reason == "expected_wait" and len(sched.waiting) == 16
+    # a request whose own deadline leaves more than twice the wait may wait for it
     sched.submit([seq(deadline=now + 5)], live_rows=4, limit=4, now=now)
     # and one whose deadline leaves less than twice the wait once its own decoding (10 steps of 10 ms) is counted is
     # refused now, not left to time out
-    with pytest.raises(QueueFull, match="budget of 2200 ms"):
-        sched.submit([seq(deadline=now + 2.3)], live_rows=4, limit=4, now=now)
+    with pytest.raises(QueueFull, match="over half its budget of 4300 ms"):
+        sched.submit([seq(deadline=now + 4.4)], live_rows=4, limit=4, now=now)
 
 
 def test_queue_bound_counts_rows_and_a_request_is_queued_whole_or_not_at_all():
@@ -63,9 +64,19 @@ def test_queue_bound_counts_rows_and_a_request_is_queued_whole_or_not_at_all():
     assert refused.value.reason == "queue_full" and len(sched.waiting) == 1
 
 
-def test_a_beam_wider_than_the_batch_is_refused():
-    with pytest.raises(QueueFull, match="beam_size 8 needs more rows than the batch holds"):
-        Scheduler(EngineOptions()).submit([seq(width=8)], live_rows=0, limit=4, now=time.monotonic())
+def test_a_beam_wider_than_the_batch_width_runs_alone_and_only_one_wider_than_max_batch_is_refused():
+    """A CPU's measured width may be 4 while beam_size goes to 8: such a beam waits until the batch is empty and then
+    runs alone, over the width; what comes after it waits for it (it is not overtaken, or it would starve)."""
+    sched = Scheduler(EngineOptions(max_batch=32))
+    now = time.monotonic()
+    wide, after = seq(width=8), seq()
+    sched.submit([wide], live_rows=2, limit=4, now=now)
+    sched.submit([after], live_rows=2, limit=4, now=now)
+    assert sched.admit(2, now, limit=4) == ([], [])  # two rows still decoding: it waits, and so does what is behind it
+    assert sched.admit(4, now, limit=4) == ([wide], [])  # the batch empty: alone, 8 rows over a width of 4
+    assert sched.admit(4 - 8, now, limit=4) == ([], [])
+    with pytest.raises(QueueFull, match="beam_size 8 needs more rows than the batch holds .4."):
+        Scheduler(EngineOptions(max_batch=4)).submit([seq(width=8)], live_rows=0, limit=4, now=now)
 
 
 def test_admission_is_first_come_first_served_by_rows():
