@@ -111,3 +111,28 @@ def test_the_device_path_gives_the_offline_tokens_on_every_test_sentence_and_sce
     reference = EncoderDecoderRuntime(directory)
     want = [t for i in range(0, 1000, 100) for t in reference.generate(images[i : i + 100], None, DecodingOptions(max_new_tokens=48))]
     assert sum(g == w for g, w in zip(got, want)) == 1000
+
+
+@pytest.mark.parametrize("name", ["opus", "scenes"])
+def test_an_imported_decoder_gives_the_same_tokens_on_the_device_path(repo, name):
+    """The tests' imported Marian translator and ViT + GPT-2 captioner (conftest.py; their host-path tokens are held to
+    transformers' generate in test_front.py and test_hf_caption.py): greedy and beam-4 rows mixed in one batch give
+    the same tokens through IOBinding and the device cache edits."""
+    directory = repo / name / "1"
+    rng = np.random.default_rng(4)
+    if name == "opus":
+        sources = [rng.integers(2, 120, rng.integers(3, 12)).astype(np.int64) for _ in range(24)]
+    else:
+        sources = list(rng.random((24, 3, 32, 32), dtype=np.float32))
+    options = EngineOptions(max_batch=16, auto_width=False, max_queue=10**6, max_queue_wait_s=3600,
+                            stop_on_repetition=False, beam_rule="transformers")
+
+    def decode(rt):
+        engine = DecodeEngine(rt, options)
+        seqs = engine.submit_all([Sequence(s, 30, beam_size=4 if i % 3 == 0 else 1) for i, s in enumerate(sources)])
+        while engine.load != (0, 0):
+            engine.step()
+        return [s.future.result() for s in seqs]
+
+    host = decode(EncoderDecoderRuntime(directory))
+    assert decode(device_path(directory)) == host and len({tuple(t) for t in host}) > 1
