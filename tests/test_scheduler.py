@@ -185,3 +185,55 @@ def test_waiting_beams_count_all_their_rows_in_the_wait_estimate():
     for _ in range(40):
         sched.submit([seq(width=4)], live_rows=16, limit=16, now=now)  # a full batch, a queue of beams
     assert sched.rows_ahead(now, 16) == 160
+
+
+def test_admission_reads_the_queue_once_a_step_not_once_a_request(monkeypatch):
+    """Each arrival used to rescan the whole queue (quadratic: under 3× overload ~1,000 queued rows were read for each
+    of ~500 arrivals a second, under the engine's lock). Now a step's change is counted once, and each submit adds
+    its own request."""
+    reads = [0]
+    gone = Sequence.gone
+
+    def counted(self, now):
+        reads[0] += 1
+        return gone(self, now)
+    monkeypatch.setattr(Sequence, "gone", counted)
+    sched = Scheduler(EngineOptions(max_queue=10**6, max_queue_wait_s=1e6))
+    now = time.monotonic()
+    for _ in range(2000):
+        sched.submit([seq()], live_rows=16, limit=16, now=now)
+    assert reads[0] < 10, reads[0]  # one count of an empty queue; the quadratic scan read ~2 million
+    sched.admit(4, now, limit=16)  # a step: the next arrival counts the queue again, once
+    reads[0] = 0
+    for _ in range(100):
+        sched.submit([seq()], live_rows=16, limit=16, now=now)
+    assert 1996 <= reads[0] < 2100, reads[0]
+
+
+@pytest.mark.parametrize("requests", [
+    [[1]] * 40,  # many one-row requests: the share is one row each
+    [[4]] * 12 + [[1]] * 5,  # beams and greedy
+    [[1] * 64, [1], [4], [1] * 3],  # a big request beside small ones (the shares shrink as requests arrive)
+])
+def test_the_running_count_is_the_full_count_or_above_it_by_the_shares_shrinking(requests):
+    sched = Scheduler(EngineOptions(max_queue=10**6, max_queue_wait_s=1e6))
+    now = time.monotonic()
+    for widths in requests:
+        sched.submit([seq(width=w) for w in widths], live_rows=16, limit=16, now=now)
+        running, full = sched._counted(now, 16), sched._recount(now, 16)
+        assert (running.queued, running.requests, running.length) == (full.queued, full.requests, full.length)
+        assert full.ahead <= running.ahead <= full.ahead + sum(max(0, sum(w) - 1) for w in requests)
+        if all(len(w) == 1 for w in requests):  # one sequence a request: exact
+            assert running.ahead == full.ahead
+
+
+def test_submitted_sequences_past_their_deadline_are_not_counted_by_the_next_arrival():
+    """The running count is redone once a queued deadline has passed (CI once refused a request for "1589 ms" of
+    expired sequences the loop had not yet dropped)."""
+    sched = Scheduler(EngineOptions(max_queue_wait_s=0.001))
+    now = time.monotonic()
+    for _ in range(50):
+        sched.submit([seq(deadline=now + 10)], live_rows=3, limit=4, now=now)
+    with pytest.raises(QueueFull):
+        sched.submit([seq()], live_rows=4, limit=4, now=now)
+    sched.submit([seq()], live_rows=3, limit=4, now=now + 11)  # all fifty expired, nothing has stepped: admitted

@@ -161,11 +161,9 @@ class DecodeEngine:
             self._calibration_done.notify_all()
         if self.thread:
             self.thread.join()
-        for seq in self.batch.sequences() + list(self.scheduler.waiting):
+        for seq in self.batch.sequences() + self.scheduler.clear():
             self._finish(seq, "cancelled")
         self.batch.clear()
-        self.scheduler.waiting.clear()
-        self.scheduler.held.clear()
 
     # ---------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:

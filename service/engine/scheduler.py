@@ -38,6 +38,31 @@ EMA = 0.05  # weight of a new observation in the running means (about the last 2
 WAIT_SHARE = 0.5
 
 
+def _owed(widths: list[int], owed: int) -> int:
+    """Rows of a request's waiting sequences (``widths``, in order) placed before a newcomer when it is owed ``owed``
+    rows: whole sequences (a beam owed one row is still placed with all of its rows)."""
+    ahead = 0
+    for width in widths:
+        if owed <= 0:
+            break
+        ahead += width
+        owed -= width
+    return ahead
+
+
+@dataclass
+class _Count:
+    """The waiting queue as admission reads it: rows ahead of a newcomer, rows queued, requests decoding or waiting,
+    and the earliest deadline among the queued sequences (the count is stale after it)."""
+
+    limit: int
+    length: int  # len(waiting) when counted
+    queued: int
+    ahead: int
+    requests: int
+    due: float
+
+
 class QueueFull(RuntimeError):
     """The engine cannot take the request: the caller answers 503 / RESOURCE_EXHAUSTED. ``reason``: "queue_full"
     (its rows do not fit the queue) or "expected_wait" (it would wait past its budget for a place)."""
@@ -136,6 +161,7 @@ class Scheduler:
         self.held: dict[Sequence, int] = {}  # rows each request (by its leader) has decoding
         self.step_s = PRIOR_STEP_S  # running mean of a full-width step's seconds
         self.steps_per_seq = PRIOR_STEPS  # running mean of the steps a finished sequence took
+        self._count: _Count | None = None  # the queue as submit sees it (``_counted``)
 
     # ---------------------------------------------------------------------------- estimates
     def observed_step(self, seconds: float) -> None:
@@ -153,27 +179,51 @@ class Scheduler:
     def rows_ahead(self, now: float, limit: int) -> int:
         """The waiting rows a new request would wait behind: under the fair share (``admit``), each waiting request's
         rows up to what it is owed, not a big request's whole backlog."""
+        return self._recount(now, limit).ahead
+
+    def _recount(self, now: float, limit: int) -> _Count:
         waiting: dict[Sequence, list[int]] = {}
+        queued, due = 0, float("inf")
         for s in self.waiting:
             if not s.gone(now):
                 waiting.setdefault(s.leader or s, []).append(s.width)
-        share = max(1, limit // (len(set(self.held) | set(waiting)) + 1))  # + 1: the newcomer
-        ahead = 0
-        for leader, widths in waiting.items():
-            owed = share - self.held.get(leader, 0)
-            for width in widths:  # whole sequences: a beam owed one row is still placed with all of its rows
-                if owed <= 0:
-                    break
-                ahead += width
-                owed -= width
-        return ahead
+                queued += s.width
+                if s.deadline is not None:
+                    due = min(due, s.deadline)
+        requests = len(set(self.held) | set(waiting))
+        share = max(1, limit // (requests + 1))  # + 1: the newcomer
+        ahead = sum(_owed(widths, share - self.held.get(leader, 0)) for leader, widths in waiting.items())
+        return _Count(limit, len(self.waiting), queued, ahead, requests, due)
+
+    def _counted(self, now: float, limit: int) -> _Count:
+        """``_recount``, kept between the loop's steps: the count is redone after anything but ``submit`` changed the
+        queue or what the requests hold (``admit``, ``left``: once a step at most), or once a queued deadline has
+        passed; ``submit`` adds its own request. Counting the whole queue at every arrival made admission quadratic:
+        under 3× overload on 2 vCPUs, ~1,000 queued rows were rescanned for each of ~500 arrivals a second under the
+        engine's lock, 14 % of the replica's CPU (py-spy), and refusals waited seconds in the event loop behind it.
+        Between two steps a count can run high by the shrinking of the others' fair shares as requests arrive (a
+        request that holds less than its share, with a backlog beyond it: rare, and never more than that backlog)."""
+        c = self._count
+        if c is None or c.limit != limit or c.length != len(self.waiting) or now > c.due:
+            c = self._count = self._recount(now, limit)
+        return c
+
+    def _changed(self) -> None:
+        self._count = None
+
+    def clear(self) -> list[Sequence]:
+        """Empty the queue and forget what requests hold (the engine stopped); returns what was waiting."""
+        waiting, self.waiting = list(self.waiting), deque()
+        self.held.clear()
+        self._changed()
+        return waiting
 
     def expected_wait(self, width: int, live_rows: int, limit: int, now: float) -> float:
         """Seconds a request of ``width`` rows arriving now would wait for its place: 0 while the batch has room
         for it and the rows ahead of it (``rows_ahead``), else the rows that must leave first ÷ the rate rows leave a
         full batch.
         Finite always (the priors stand in until the loop has measured)."""
-        need = self.rows_ahead(now, limit) + width - max(0, limit - live_rows)
+        need = self._counted(now, limit).ahead + width - max(0, limit - live_rows)
         if need <= 0:
             return 0.0
         rate = limit / (self.steps_per_seq * self.step_s)  # rows leaving per second
@@ -196,7 +246,7 @@ class Scheduler:
         # only wider than the configured max_batch_size can it never run.
         if too_wide := [s.width for s in seqs if s.width > self.options.max_batch]:
             raise QueueFull(f"beam_size {too_wide[0]} needs more rows than the batch holds ({self.options.max_batch})")
-        queued = self.waiting_rows(now)
+        queued = self._counted(now, limit).queued
         if queued + width > self.options.max_queue:
             raise QueueFull(f"{queued} rows already waiting, room for {self.options.max_queue}")
         wait = self.expected_wait(seqs[0].width, live_rows, limit, now)  # its later sequences wait behind its own work
@@ -209,6 +259,10 @@ class Scheduler:
         for seq in seqs:
             seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at
         self.waiting.extend(seqs)
+        c = self._count  # counted above (_counted): this request added
+        c.ahead += _owed([s.width for s in seqs], max(1, limit // (c.requests + 1)))
+        c.queued, c.requests, c.length = c.queued + width, c.requests + 1, len(self.waiting)
+        c.due = min([c.due] + [s.deadline for s in seqs if s.deadline is not None])
 
     def admit(self, room: int, now: float, limit: int | None = None) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
         """(The sequences that take up to ``room`` rows now; those to finish instead, with why).
@@ -220,6 +274,7 @@ class Scheduler:
         one client's request of 64 long texts gets its share of the batch, not all of it, and the ordinary requests
         behind it start at once instead of waiting out their budget (before this, 16 clients beside such a request
         got one 503 for every 200)."""
+        self._changed()
         admitted, dropped, keep = [], [], deque()
         for seq in self.waiting:  # cancelled or expired anywhere in the queue: out now
             if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
@@ -257,6 +312,7 @@ class Scheduler:
 
     def left(self, seq: Sequence) -> None:
         """An admitted sequence has left the batch: its request holds its rows no more."""
+        self._changed()
         leader = seq.leader or seq
         if (held := self.held.get(leader, 0) - seq.width) > 0:
             self.held[leader] = held
