@@ -61,6 +61,7 @@ class _Count:
     ahead: int
     requests: int
     due: float
+    multi: int  # waiting sequences of requests of several (some may be decoding): while none, a step is subtracted
 
 
 class QueueFull(RuntimeError):
@@ -137,6 +138,7 @@ class Sequence:
     first_token_at: float | None = None
     search: object | None = None  # the engine's per-sequence search state (BeamState for beams)
     rows: list[int] = field(default_factory=list)  # its rows in the running batch
+    counted: bool = False  # in the scheduler's running count of the queue (not gone when last counted)
 
     @property
     def width(self) -> int:
@@ -185,7 +187,8 @@ class Scheduler:
         waiting: dict[Sequence, list[int]] = {}
         queued, due = 0, float("inf")
         for s in self.waiting:
-            if not s.gone(now):
+            s.counted = not s.gone(now)
+            if s.counted:
                 waiting.setdefault(s.leader or s, []).append(s.width)
                 queued += s.width
                 if s.deadline is not None:
@@ -193,16 +196,21 @@ class Scheduler:
         requests = len(set(self.held) | set(waiting))
         share = max(1, limit // (requests + 1))  # + 1: the newcomer
         ahead = sum(_owed(widths, share - self.held.get(leader, 0)) for leader, widths in waiting.items())
-        return _Count(limit, len(self.waiting), queued, ahead, requests, due)
+        multi = sum(len(widths) for leader, widths in waiting.items() if len(widths) > 1 or leader in self.held)
+        return _Count(limit, len(self.waiting), queued, ahead, requests, due, multi)
 
     def _counted(self, now: float, limit: int) -> _Count:
-        """``_recount``, kept between the loop's steps: the count is redone after anything but ``submit`` changed the
-        queue or what the requests hold (``admit``, ``left``: once a step at most), or once a queued deadline has
-        passed; ``submit`` adds its own request. Counting the whole queue at every arrival made admission quadratic:
-        under 3× overload on 2 vCPUs, ~1,000 queued rows were rescanned for each of ~500 arrivals a second under the
-        engine's lock, 14 % of the replica's CPU (py-spy), and refusals waited seconds in the event loop behind it.
+        """``_recount``, kept up to date instead of redone: ``submit`` adds its request; while every waiting request is
+        one sequence (the usual case, and overload's), a waiting request's rows are all ahead of a newcomer whatever
+        the fair share, so ``admit`` subtracts what left the queue and ``left`` what left the batch. With requests of
+        several sequences waiting, their share of the queue depends on everyone's, and the count is redone after a
+        step (once a step at most); it is redone too once a queued deadline has passed. Counting the whole queue at
+        every arrival made admission quadratic: under 3× overload on 2 vCPUs, ~1,000 queued rows were rescanned for
+        each of ~500 arrivals a second under the engine's lock (14 % of the replica's CPU, py-spy: refusals waited
+        seconds in the event loop behind it), and redoing it once a step still took 8 %.
         Between two steps a count can run high by the shrinking of the others' fair shares as requests arrive (a
-        request that holds less than its share, with a backlog beyond it: rare, and never more than that backlog)."""
+        request that holds less than its share, with a backlog beyond it: rare, and never more than that backlog).
+        A cancelled sequence is counted until the next step drops it."""
         c = self._count
         if c is None or c.limit != limit or c.length != len(self.waiting) or now > c.due:
             c = self._count = self._recount(now, limit)
@@ -257,11 +265,12 @@ class Scheduler:
             raise QueueFull(f"would wait about {wait * 1e3:.0f} ms for a place in the batch, over "
                             f"{'half ' if share < 1 else ''}its budget of {max(budget, 0) * 1e3:.0f} ms", "expected_wait")
         for seq in seqs:
-            seq.leader, seq.submitted_at = seqs[0], seqs[0].submitted_at
+            seq.leader, seq.submitted_at, seq.counted = seqs[0], seqs[0].submitted_at, True
         self.waiting.extend(seqs)
         c = self._count  # counted above (_counted): this request added
         c.ahead += _owed([s.width for s in seqs], max(1, limit // (c.requests + 1)))
         c.queued, c.requests, c.length = c.queued + width, c.requests + 1, len(self.waiting)
+        c.multi += len(seqs) if len(seqs) > 1 else 0
         c.due = min([c.due] + [s.deadline for s in seqs if s.deadline is not None])
 
     def admit(self, room: int, now: float, limit: int | None = None) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
@@ -274,7 +283,18 @@ class Scheduler:
         one client's request of 64 long texts gets its share of the batch, not all of it, and the ordinary requests
         behind it start at once instead of waiting out their budget (before this, 16 clients beside such a request
         got one 503 for every 200)."""
-        self._changed()
+        before, count = len(self.waiting), self._count
+        admitted, dropped = self._admit(room, now, limit)
+        if count is not None and count.multi == 0 and count.length == before:  # one-sequence requests only: subtract
+            gone = sum(s.width for s in admitted if s.counted) + sum(s.width for s, _ in dropped if s.counted)
+            count.queued, count.ahead = count.queued - gone, count.ahead - gone
+            count.requests -= sum(s.counted for s, _ in dropped)
+            count.length = len(self.waiting)
+        else:
+            self._changed()
+        return admitted, dropped
+
+    def _admit(self, room: int, now: float, limit: int | None) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
         admitted, dropped, keep = [], [], deque()
         for seq in self.waiting:  # cancelled or expired anywhere in the queue: out now
             if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
@@ -312,12 +332,15 @@ class Scheduler:
 
     def left(self, seq: Sequence) -> None:
         """An admitted sequence has left the batch: its request holds its rows no more."""
-        self._changed()
         leader = seq.leader or seq
         if (held := self.held.get(leader, 0) - seq.width) > 0:
             self.held[leader] = held
         else:
             self.held.pop(leader, None)
+        if (count := self._count) is not None and count.multi == 0 and held <= 0:
+            count.requests -= 1  # a one-sequence request gone: nothing of it waits, so nothing ahead changes
+        elif count is not None:
+            self._changed()
 
     def _overdue(self, now: float) -> list[tuple[Sequence, str]]:
         """The requests without a deadline still waiting past max_queue_wait_s none of whose sequences has started
