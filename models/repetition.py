@@ -29,6 +29,13 @@ def runaway(tokens: Sequence[int], next_token: int | None = None, max_run: int =
     About 1 µs for a row that is not repeating itself."""
     size = len(tokens)
     total = size + (next_token is not None)
+    # First comparison of every piece length at once: the last token equals the one n before it for some n. Most
+    # rows fail it, and then no piece repeats (a beam step asks this of 2k candidates per request).
+    if total < max_run:
+        return False
+    last, before = (tokens[-1], tokens[-1 - max_piece : -1]) if next_token is None else (next_token, tokens[-max_piece:])
+    if last not in before:
+        return False
     for n in range(1, max_piece + 1):
         span = n * max_run
         if total < span:
