@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import h2load  # noqa: E402
 import loadgen  # noqa: E402
 
 from service.config import SERVE_ENVIRONMENT, free_ports  # noqa: E402
@@ -61,7 +62,9 @@ VARIANTS = {
 # unanswered (service/config.py)
 VARIANTS["serve-now"] = dict(SERVE_ENVIRONMENT)
 MODELS = ("echo", "classifier")
-TRANSPORTS = ("http", "hey", "grpc")  # hey: the same HTTP request from Debian's Go load generator (closed loop only)
+# hey: the same HTTP request from Debian's Go load generator; h2load: the same gRPC request from nghttp2's C one
+# (both closed loop only, and skipped where the tool is not installed)
+TRANSPORTS = ("http", "hey", "grpc", "h2load")
 PYTRITON_ENV = ROOT / ".bench" / "pytriton"
 PYTRITON_PINS = ["nvidia-pytriton==0.7.0", "requests"]
 
@@ -221,6 +224,10 @@ def bench_server(name: str, endpoints: dict, args) -> list[dict]:
                 if shutil.which("hey"):
                     rows.append(hey_cell(name, model, e["http"], args))
                 continue
+            if transport == "h2load":
+                if h2load.available():
+                    rows.append(h2load_cell(name, model, e["grpc"], e["application"], args))
+                continue
             target = e["http"] if transport == "http" else e["grpc"]
             for load in ({"concurrency": args.concurrency}, {"rate": args.rate}):
                 before = cpu_seconds()
@@ -255,6 +262,27 @@ def hey_cell(name: str, model: str, url: str, args) -> dict:
     return row
 
 
+def h2load_cell(name: str, model: str, target: str, application: str | None, args) -> dict:
+    """A closed-loop gRPC cell driven by ``h2load`` (C, ``h2load.py``): the gRPC counterpart of ``hey_cell``."""
+    from proto import open_inference_pb2 as pb
+
+    request = loadgen.grpc_request(pb, model, loadgen.payload(model))
+    headers = {"application": application} if application else {}  # Ray Serve: which application
+    answer = h2load.response_length(target, request, tuple(headers.items()))
+    body = h2load.grpc_frame(request.SerializeToString())
+    h2load.run(target, body, headers, args.concurrency, args.warmup, answer)
+    before = cpu_seconds()
+    point = h2load.run(target, body, headers, args.concurrency, args.seconds, answer)
+    after = cpu_seconds()
+    row = {"server": name, "model": model, "transport": "h2load", "mode": "closed", "load": args.concurrency,
+           "rps": point["per_s"], "p50_ms": point["p50_ms"], "p99_ms": point["p99_ms"], "ok": point["good"],
+           "errors": point["errors"], "h2load_cpu": point["h2load_cpu"],
+           "cpu_ms_per_request": cpu_per_request(before, after, point["good"])}
+    print(f"  {name:26s} {model:10s} h2l  closed {args.concurrency:>6g}: {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+          f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}  h2load {point['h2load_cpu']:.2f} CPU", flush=True)
+    return row
+
+
 def write_report(rows: list[dict], args, seconds: float) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +299,8 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
         f"- versions: Ray {ray.__version__}, onnxruntime {onnxruntime.__version__}, PyTriton 0.7.0 (its bundled Triton), Python {platform.python_version()}",
         f"- command: `python tests/benchmarks/frontend_bench.py{' --quick' if args.quick else ''}` ({seconds:.0f} s), {dt.date.today()}",
         "- transports: `http` and `grpc` driven by `loadgen.py`, one asyncio process; `hey`: the same HTTP request from Debian's "
-        "`hey` (Go), closed loop only",
+        "`hey` (Go), closed loop only; `h2load`: the same gRPC request from Debian's `h2load` (nghttp2, C), closed loop only "
+        "(`tests/benchmarks/h2load.py`)",
         f"- load: closed loop at concurrency {args.concurrency}; open loop Poisson at {args.rate:g} req/s; "
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up per cell; same OIP request to every server",
         "- ratios are against Triton in the same run: throughput ours/Triton (higher is better), latency ours/Triton (lower is better)", "",
@@ -287,7 +316,7 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
                     continue
                 t_closed, t_open = triton.get((model, transport, "closed")), triton.get((model, transport, "open"))
                 ratio = f"{closed['rps'] / t_closed['rps']:.2f}×" if t_closed else "–"
-                if opened is None:  # hey: closed loop only
+                if opened is None:  # hey, h2load: closed loop only
                     lines.append(f"| {model} | {transport} | {server} | {closed['rps']:.0f} | {ratio} | {closed['p50_ms']:.1f} | "
                                  f"{closed['p99_ms']:.1f} | – | – | – | {closed['errors']} |")
                     continue
