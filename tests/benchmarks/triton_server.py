@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, default=8101)
     parser.add_argument("--metrics-port", type=int, default=8102)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: ORT's default, as the service)")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="the classifier without the dynamic batcher (each request runs alone: Triton's batch-1 serving)")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -69,7 +71,8 @@ def main() -> None:
         triton.bind(model_name="classifier", infer_func=classify,
                     inputs=[Tensor(name="images", dtype=np.float32, shape=(1, 8, 8))],
                     outputs=[Tensor(name="probabilities", dtype=np.float32, shape=(10,))],
-                    config=ModelConfig(max_batch_size=64, batcher=DynamicBatcher(max_queue_delay_microseconds=5000)))
+                    config=ModelConfig(max_batch_size=64, batcher=None if args.no_batching else
+                                       DynamicBatcher(max_queue_delay_microseconds=5000)))
         triton.run()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
