@@ -30,6 +30,13 @@ CTranslate2 at its best. On the 2-vCPU Xeon (Sapphire Rapids) VM, trained model,
   serves both (``--ct2-env`` fixes one); the report lists them all, and CT2's greedy rows here against the chosen
   one's probe (well under 1×: something in this process slows CT2). ``OPENBLAS_*`` are left as they are: CT2 loads
   no OpenBLAS (measured: no difference).
+* One CTranslate2 ``Translator`` at a time: a second one, created after the first had run, decoded the base-sized
+  model 2.5x slower than in a clean process (greedy, batch 1, 64 tokens: ~800 against ~310 ms); the tables of
+  2026-12-02 and before measured the base-sized rows that way. The trained model's engines are released before the
+  base-sized ones, and the probe times the base-sized model at ``--tokens``, so both models' greedy rows are checked
+  against a clean process.
+* The repetition guard is off for the base-sized model (random weights repeat themselves; CT2 decodes every token),
+  and its rows fail unless both engines decoded exactly ``--tokens`` tokens per sentence.
 * Time: each row warms both engines up, then ``--rounds`` rounds; in a round each engine in turn runs 1-5 times
   (up to 0.3 s) after a 0.2 s pause. Interleaving makes load elsewhere on a shared machine hit both alike (one busy
   neighbour process halves 2-thread CT2 at batch 8); the pause lets the other runtime's threads stop spinning (ONNX
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -155,12 +163,13 @@ def convert(model: Translator, vocabulary: list[str], out: Path) -> Path:
 class Engine:
     """The service's ``DecodeEngine`` (no thread): a run submits the batch at once and steps until it is empty."""
 
-    def __init__(self, directory: Path, threads: int) -> None:
+    def __init__(self, directory: Path, threads: int, guard: bool = True) -> None:
         self.rt = EncoderDecoderRuntime(directory, RuntimeOptions(providers=bench_providers(), intra_op_threads=threads))
+        self.guard = guard  # the repetition guard; off for the random base-sized model, which CT2 decodes to the end
 
     def job(self, sources: list[list[int]], beam: int, max_new: int):
         engine = DecodeEngine(self.rt, EngineOptions(max_batch=len(sources) * beam, auto_width=False, max_queue=10**6,
-                                                     max_queue_wait_s=3600))
+                                                     max_queue_wait_s=3600, stop_on_repetition=self.guard))
         sources = [np.asarray(s, dtype=np.int64) for s in sources]
 
         def run() -> list[list[int]]:
@@ -261,7 +270,9 @@ def base_model() -> Translator:
     return model
 
 
-def speed(name: str, engines: dict, sentences: list[list[int]], max_new: int, rounds: int) -> list[dict]:
+def speed(name: str, engines: dict, sentences: list[list[int]], max_new: int, rounds: int, exact: bool = False) -> list[dict]:
+    """Tokens/s of each engine at each beam and batch. ``exact``: every output must be ``max_new`` tokens long on
+    both engines (the base-sized model, EOS disabled), else the two did different work and the row would lie."""
     rows = []
     for beam in (1, 4):
         for batch in BATCHES:
@@ -270,7 +281,10 @@ def speed(name: str, engines: dict, sentences: list[list[int]], max_new: int, ro
             for label, engine in engines.items():
                 time.sleep(PAUSE_S)
                 runs[label] = engine.job(chunk, beam, max_new)
-                row[f"{label}_tokens"] = sum(len(o) for o in runs[label]())  # and the warm-up
+                outputs = runs[label]()  # and the warm-up
+                row[f"{label}_tokens"] = sum(len(o) for o in outputs)
+                if exact and any(len(o) != max_new for o in outputs):
+                    raise RuntimeError(f"{name}: {label} decoded {sorted({len(o) for o in outputs})} tokens, not {max_new}")
             for label, (best, median) in measure(runs, rounds).items():
                 row[f"{label}_tok_s"], row[f"{label}_ms"] = row[f"{label}_tokens"] / best, best * 1e3
                 row[f"{label}_median_ms"] = median * 1e3
@@ -326,16 +340,16 @@ def write_report(identity: dict, ct2_setting: dict, rows: list[dict], out: Path,
         + (f" (differences: {beam['examples']})" if beam["examples"] else ""), "",
         "## CTranslate2's CPU setting", "",
         f"Each in a clean process, {threads} threads, greedy tok/s at batch " + " / ".join(map(str, BATCHES))
-        + ": the trained model, then the base-sized one (16 tokens):", "",
+        + f": the trained model, then the base-sized one ({args.tokens} tokens):", "",
         "| setting | environment | tok/s | geometric mean | backend |", "|---|---|---|---|---|",
     ]
     for c in ct2_setting["candidates"]:
         figures = " / ".join(f"{x:.0f}" for x in c["tok_s"]) if c["tok_s"] else "-"
         lines.append(f"| {c['name']} | {' '.join(f'{k}={v}' for k, v in c['env'].items()) or '-'} | {figures} | {c['score']:.0f} | {c['backend']} |")
     if "here_vs_probe" in ct2_setting:
-        lines += ["", "CT2's greedy rows of the trained model below, against the chosen setting's clean process: "
+        lines += ["", "CT2's greedy rows below (trained model, then base-sized), against the chosen setting's clean process: "
                   + " / ".join(f"{x:.2f}×" for x in ct2_setting["here_vs_probe"]) + " (interleaved with the engine; well under 1× would "
-                  "mean something in this process slows CT2, as a multi-threaded torch did by 2-3×)"]
+                  "mean something in this process slows CT2, as a multi-threaded torch did by 2-3×, and a second Translator 2.5×)"]
     lines += ["", "## Throughput and latency", "",
               "| model | beam | batch | engine tok/s | CT2 tok/s | throughput engine/CT2 | engine ms | CT2 ms | latency engine/CT2 |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -414,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             job = lambda directory, vocab, batch, max_len, reps: {
                 "model": str(directory), "batches": [[[vocab[i] for i in s] for s in batch[:b]] for b in BATCHES],
                 "max_len": max_len, "reps": reps}
-            setting = tune_ct2([job(trained_ct2, vocabulary, sources, 128, 7), job(base_ct2, base_vocab, base_sources, 16, 2)],
+            setting = tune_ct2([job(trained_ct2, vocabulary, sources, 128, 7), job(base_ct2, base_vocab, base_sources, args.tokens, 1)],
                                args.threads, 1 if args.quick else 2, tmp)
         for knob in CT2_KNOBS:  # this process only, before its first Translator
             os.environ.pop(knob, None)
@@ -425,12 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         identity = {"greedy": agreement(engine, ct2, sources, 1, tok, test),
                     "beam": agreement(engine, ct2, sources[: 64 if args.quick else 512], 4, tok, test)}
         rows = speed("trained (3+3, d 128)", {"engine": engine, "ct2": ct2}, sources[:32], 128, args.rounds)
+        # A CTranslate2 Translator that has run slows the next one in the same process 2.5x (base-sized model, greedy,
+        # batch 1: 800 against 310 ms, measured 2026-12-02): the trained model's engines go before the base-sized ones
+        del engine, ct2
+        gc.collect()
+        # Random weights repeat themselves: the engine's repetition guard would end its outputs after a few tokens
+        # while CT2 decodes all --tokens of them (EOS is disabled in both), so the guard is off for this model
+        engines = {"engine": Engine(base_dir, args.threads, guard=False), "ct2": CT2(base_ct2, base_vocab, args.threads)}
+        rows += speed("Transformer-base (6+6, d 512, random)", engines, base_sources, args.tokens, args.rounds, exact=True)
         probe = next((c["tok_s"] for c in setting["candidates"] if c["name"] == setting["name"]), None)
-        if probe:
-            setting["here_vs_probe"] = [r["ct2_tok_s"] / x for r, x in zip(rows[: len(BATCHES)], probe)]
+        if probe:  # greedy rows of both models, in the probe's order
+            greedy = [r for r in rows if r["beam"] == 1]
+            setting["here_vs_probe"] = [r["ct2_tok_s"] / x for r, x in zip(greedy, probe)]
             print("CT2 here vs its clean process (greedy):", " / ".join(f"{x:.2f}×" for x in setting["here_vs_probe"]), flush=True)
-        engines = {"engine": Engine(base_dir, args.threads), "ct2": CT2(base_ct2, base_vocab, args.threads)}
-        rows += speed("Transformer-base (6+6, d 512, random)", engines, base_sources, args.tokens, args.rounds)
     write_report(identity, setting, rows, args.out, args, args.threads, time.time() - started)
     print(f"wrote {args.out / 'ctranslate2_bench.md'}")
     return 0
