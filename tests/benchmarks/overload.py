@@ -5,8 +5,9 @@ away quickly?
     python tests/benchmarks/overload.py --seconds 30 --factor 10 --deadline-ms 5000
 
 Starts the service as ``make run`` does (or drives ``--url``) and sends it, over HTTP, a mix of ordinary requests
-(``MIX``): 55 % short greedy translations (dates, numbers), 20 % long greedy ones (decoded to ``--long-tokens``
-tokens), 20 % short beam-4 ones (four rows of the batch each), 5 % short ones streamed (``/v1/translate/stream``,
+(``MIX``): 55 % short greedy translations (dates, numbers), 20 % long greedy ones (a 56-word input allowed
+``--long-tokens`` tokens; the retrained translator ends it after 19, the longest decode it makes of any input tried,
+so "long" is longer only by its input), 20 % short beam-4 ones (four rows of the batch each), 5 % short ones streamed (``/v1/translate/stream``,
 the SSE response read to its end: 200 means a complete stream). Every request carries a deadline
 (``X-Request-Timeout-Ms: --deadline-ms``); the client's own timeout is longer, so a 504 is the server's answer.
 
@@ -349,7 +350,7 @@ def report(result: dict, args, stats: dict | None) -> str:
         f"Command: `python tests/benchmarks/overload.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
         f"Machine: {args.machine}; {dt.date.today()}  ",
         "Workload: HTTP, " + ", ".join(f"{share:.0%} {kind}" for kind, share in MIX.items()) + " (short: a date or number "
-        f"text, greedy; long: greedy to {result['long_tokens']} tokens; beam: beam_size 4; stream: `/v1/translate/stream`, SSE "
+        f"text, greedy; long: a 56-word input, greedy, up to {result['long_tokens']} tokens (the translator stops after 19); beam: beam_size 4; stream: `/v1/translate/stream`, SSE "
         f"read to its end); every request with `X-Request-Timeout-Ms: {result['deadline_ms']:g}`; client timeout "
         f"{result['client_timeout_s']:g} s.", "", "| phase | measured |", "|---|---|",
         f"| idle ({q['requests']} requests, one at a time) | {fmt(q['statuses']) or '(skipped)'}; p50 {q['admitted_p50_ms']:.0f} ms, "
