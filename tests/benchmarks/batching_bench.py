@@ -129,13 +129,23 @@ def mixed_load(tokenizer, runtime, n: int, rate: float, long_every: int, seed: i
     return load
 
 
-def run_schedule(runtime, load, scheduling: str, max_batch: int) -> dict:
+def throughput_width(runtime, max_batch: int) -> int:
+    """The width the service's engine chooses at start (where tokens/s stop rising, up to ``max_batch``), measured once:
+    every row then runs at it, so the two schedules differ only in when they admit."""
+    from service.engine import DecodeEngine, EngineOptions
+
+    engine = DecodeEngine(runtime, EngineOptions(max_batch=max_batch)).start()
+    engine.stop()
+    return engine.batch_limit
+
+
+def run_schedule(runtime, load, scheduling: str, width: int) -> dict:
     from service.engine import DecodeEngine, EngineOptions, Sequence
 
-    # the service's engine (width by throughput, measured at start), with no queue-time budget: both schedules must
-    # serve every request for their latencies to compare at equal throughput
-    engine = DecodeEngine(runtime, EngineOptions(max_batch=max_batch, max_queue=100_000, max_queue_wait_s=3600,
-                                                 scheduling=scheduling, ignore_eos=True)).start()
+    # the service's engine at the width measured once, with no queue-time budget: both schedules must serve every
+    # request for their latencies to compare at equal throughput
+    engine = DecodeEngine(runtime, EngineOptions(max_batch=width, auto_width=False, max_queue=100_000,
+                                                 max_queue_wait_s=3600, scheduling=scheduling, ignore_eos=True)).start()
     latencies, lengths, done = [], [], threading.Event()
     remaining = [len(load)]
     lock = threading.Lock()
@@ -176,16 +186,18 @@ def translation(args) -> list[dict]:
     directory = args.repository / "translator" / "1"
     runtime, tokenizer = EncoderDecoderRuntime(directory), Tokenizer.load(directory)
     rows = []
+    args.width = throughput_width(runtime, args.max_batch)
+    print(f"  width: {args.width} rows (of at most {args.max_batch})", flush=True)
     if args.fractions:  # rates as fractions of the capacity: what the iteration-level engine completes when flooded
         flood = mixed_load(tokenizer, runtime, 600, 10_000.0, 5, seed=1)
-        capacity = run_schedule(runtime, flood, "iteration", args.max_batch)["completed_rps"]
+        capacity = run_schedule(runtime, flood, "iteration", args.width)["completed_rps"]
         args.capacity = capacity
         args.rates = [round(f * capacity, 1) for f in args.fractions]
         print(f"  capacity (600 requests at once, iteration-level): {capacity:.1f} req/s → rates {args.rates}", flush=True)
     for rate in args.rates:
         load = mixed_load(tokenizer, runtime, int(rate * args.decode_seconds), rate, 5, seed=0)
         for scheduling in ("static", "iteration"):
-            row = run_schedule(runtime, load, scheduling, args.max_batch) | {"rate": rate}
+            row = run_schedule(runtime, load, scheduling, args.width) | {"rate": rate}
             rows.append(row)
             print(f"  translation {scheduling:9s} at {rate:g} req/s offered: completed {row['completed_rps']:.1f} req/s, "
                   f"{row['tokens_per_s']:.0f} tokens/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
@@ -207,7 +219,7 @@ def write_report(classifier: list[dict], offline: float, decode: list[dict], arg
         "# Batching gains", "",
         f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, no GPU; service, load generator and engine on the same machine",
         f"- versions: Ray {ray.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}",
-        f"- command: `python tests/benchmarks/batching_bench.py{' --quick' if args.quick else ''}` ({seconds:.0f} s), {dt.date.today()}", "",
+        f"- command: `{' '.join(['python tests/benchmarks/batching_bench.py', *sys.argv[1:]])}` ({seconds:.0f} s), {dt.date.today()}", "",
         "## Classifier: served with dynamic batching vs offline and vs batch-1 serving", "",
         f"Closed loop at concurrency {args.concurrency}, {args.seconds:g} s per cell after {args.warmup:g} s warm-up "
         f"(`loadgen.py`, Open Inference Protocol). Offline: ONNX Runtime on batches of 32, same session options: "
@@ -224,14 +236,15 @@ def write_report(classifier: list[dict], offline: float, decode: list[dict], arg
                          f"{one['images_per_s']:,.0f} | {b['images_per_s'] / one['images_per_s']:.2f}× | {b['p50_ms']:.1f} | {one['p50_ms']:.1f} |")
     lines += [
         "", "## Translation: iteration-level vs static batching, Poisson mixed-length load", "",
-        f"Decode engine in-process, max batch {args.max_batch}, greedy; {args.decode_seconds:g} s of arrivals per rate; "
+        f"Decode engine in-process, greedy, {decode[0]['width']} rows a step for both schedules (the width the service's "
+        f"engine chose at start, of at most {args.max_batch}, measured once); {args.decode_seconds:g} s of arrivals per rate; "
         f"one request in five decodes {LONG_TOKENS} tokens, the rest are test sentences decoding as many tokens as their "
         "reference translations have (~5-20; `ignore_eos`, so both schedules do exactly the same work).", "",
         "| offered req/s | schedule | completed req/s | tokens/s | p50 ms | p95 ms | p99 ms | p50 iteration/static | p99 iteration/static |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     if args.capacity:
-        lines[-4] += (f" Capacity (600 requests at once, iteration-level, width {decode[0]['width']}): "
+        lines[-4] += (f" Capacity (600 requests at once, iteration-level): "
                       f"**{args.capacity:.1f} req/s**; offered rates are {', '.join(f'{f:g}' for f in args.fractions)} × that.")
     for rate in args.rates:
         s = next(r for r in decode if (r["rate"], r["scheduling"]) == (rate, "static"))
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier, offline = [], 0.0
     if args.skip_classifier and (args.out / "batching_bench.json").exists():  # keep the last classifier rows in the report
         earlier = json.loads((args.out / "batching_bench.json").read_text())
-        classifier, offline = earlier["classifier"], earlier["offline_batch32_images_per_s"]
+        classifier, offline = earlier.get("classifier", []), earlier.get("offline_batch32_images_per_s", 0.0)
     if not args.skip_classifier:
         print("classifier offline…", flush=True)
         offline = offline_images_per_s(args.repository, 32, 3.0 if args.quick else 6.0)
@@ -322,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print("classifier served…", flush=True)
             classifier = serve_classifier(args, Path(tmp))
-    if classifier:
+    if classifier and offline:
         write_report(classifier, offline, decode, args, time.time() - started)
         print(f"wrote {args.out / 'batching_bench.md'}")
     return 0
