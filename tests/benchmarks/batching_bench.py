@@ -236,7 +236,7 @@ def write_report(classifier: list[dict], offline: float, decode: list[dict], arg
                          f"{one['images_per_s']:,.0f} | {b['images_per_s'] / one['images_per_s']:.2f}× | {b['p50_ms']:.1f} | {one['p50_ms']:.1f} |")
     lines += [
         "", "## Translation: iteration-level vs static batching, Poisson mixed-length load", "",
-        f"Decode engine in-process, greedy, {decode[0]['width']} rows a step for both schedules (the width the service's "
+        f"Decode engine in-process, greedy, {decode[0]['width'] if decode else '?'} rows a step for both schedules (the width the service's "
         f"engine chose at start, of at most {args.max_batch}, measured once); {args.decode_seconds:g} s of arrivals per rate; "
         f"one request in five decodes {LONG_TOKENS} tokens, the rest are test sentences decoding as many tokens as their "
         "reference translations have (~5-20; `ignore_eos`, so both schedules do exactly the same work).", "",
