@@ -41,8 +41,9 @@ LOOPING_TEXT = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 
 
 
 def replicas() -> dict[str, int]:
-    """Serve replica processes on this machine: name → pid."""
-    out = {}
+    """Serve replica processes on this machine: name → pid. Replicas of one deployment (``make run`` starts one per
+    CPU) are told apart by their order of pid: ``inference:Server #1``, ``#2``…"""
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -50,7 +51,12 @@ def replicas() -> dict[str, int]:
             except OSError:
                 continue
             if cmd.startswith("ray::ServeReplica:"):
-                out[cmd.split()[0].removeprefix("ray::ServeReplica:")] = int(entry)
+                found.append((cmd.split()[0].split(".")[0].removeprefix("ray::ServeReplica:"), int(entry)))  # not the method it runs
+    out = {}
+    for name, pid in sorted(found, key=lambda f: f[1]):
+        if sum(n == name for n, _ in found) > 1:
+            name = f"{name} #{sum(k.startswith(name + ' #') for k in out) + 1}"
+        out[name] = pid
     return out
 
 
