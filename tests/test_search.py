@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from service.engine.search import BeamState, log_softmax_top
+from service.engine.search import BeamState, advance_all, log_softmax_top
 
 EOS = 3
 
@@ -60,3 +60,26 @@ def test_transformers_rule_ends_a_hypothesis_only_for_an_eos_among_the_k_best():
     ends = BeamState(2, eos=0, eos_in_top_k=True)
     ends.advance_top(*eos_first)
     assert [f[1] for f in ends.finished] == [[]]
+
+
+def test_many_searches_advanced_at_once_take_the_steps_each_takes_alone():
+    """``advance_all`` (the engine's beam requests of one size, every step) against each search's own
+    ``advance_top``: random steps over a tiny vocabulary, so EOS, ties, the repetition guard, dead beams and finished
+    searches all occur."""
+    rng = np.random.default_rng(7)
+    for k, rule in ((2, False), (4, False), (4, True), (3, False)):
+        make = lambda: [BeamState(k, EOS, length_penalty=float(rng.choice([0.0, 1.0])), eos_in_top_k=rule) for _ in range(6)]
+        alone, together = make(), None
+        together = [BeamState(s.k, EOS, s.length_penalty, eos_in_top_k=rule) for s in alone]
+        for _ in range(30):
+            logits = rng.standard_normal((len(alone) * k, 6)).astype(np.float32) * 3
+            logits[rng.random(len(logits)) < 0.1, 4] = 30.0  # some rows sure of one token: the guard ends them
+            tokens, logp = log_softmax_top(logits, 2 * k)
+            cand_tok, cand_logp = tokens.reshape(len(alone), k, -1), logp.astype(np.float32).reshape(len(alone), k, -1)
+            beams, fed, done = advance_all(together, cand_tok, cand_logp)
+            for i, state in enumerate(alone):
+                b, t, d = state.advance_top(cand_tok[i], cand_logp[i])
+                assert list(beams[i]) == list(b) and list(fed[i]) == list(t) and done[i] == d
+                assert state.seqs == together[i].seqs and state.finished == together[i].finished
+        assert [s.best() for s in alone] == [s.best() for s in together]
+        assert any(s.finished for s in alone)

@@ -88,16 +88,18 @@ class KVBatch:
             owners, cross, mask = owners[k:], [c[k:] for c in cross], mask[k:]
         if owners:
             b_new, p = len(owners), self.valid.shape[1]
-            s_old, s_new = self.cross_mask.shape[1], mask.shape[1]
+            b_old, s_old, s_new = len(self.cross_mask), self.cross_mask.shape[1], mask.shape[1]
             s = max(s_old, s_new)
-            pad_s = lambda a, width: np.pad(a, ((0, 0), (0, 0), (0, width - a.shape[2]), (0, 0)))
             # a new row continues from any cache row, all of it masked out: the first one (in a new batch, its own)
             start = np.zeros(b_new, dtype=np.int64) if len(self.rows) else np.arange(b_new, dtype=np.int64)
             self.rows = np.concatenate([self.rows, start])
             self.valid = np.concatenate([self.valid, np.zeros((b_new, p), dtype=bool)])
-            self.cross = [np.concatenate([pad_s(old, s), pad_s(new, s)]) for old, new in zip(self.cross, cross)]
-            self.cross_mask = np.concatenate([np.pad(self.cross_mask, ((0, 0), (0, s - s_old))),
-                                              np.pad(mask, ((0, 0), (0, s - s_new)))])
+            # old and new rows written once into zeroed arrays of the joint source width, or not copied at all into
+            # an empty batch (np.pad + concatenate copied every tensor twice more: ~5 % of a beam-4 batch of 32)
+            self.cross = [_stack(old, new, s) for old, new in zip(self.cross, cross)]
+            joint = np.zeros((b_old + b_new, s), dtype=bool)
+            joint[:b_old, :s_old], joint[b_old:, :s_new] = self.cross_mask, mask
+            self.cross_mask = joint
             self.last = np.concatenate([self.last, np.full(b_new, self.bos, dtype=np.int64)])
             self.owner += owners
         self._index()
@@ -171,3 +173,14 @@ class KVBatch:
         """The step ran: its ``present.*`` are the cache, row for row (one more column, valid for every row)."""
         self.past, self.valid = list(present), self_mask
         self.rows, self.offset = np.arange(len(self.owner), dtype=np.int64), 0
+
+
+def _stack(old: np.ndarray, new: np.ndarray, width: int) -> np.ndarray:
+    """``old`` rows then ``new`` rows ``(B, H, S, Dh)``, each zero-padded to ``width`` source positions (``new``
+    itself when there is nothing to add: it is the encoder's output, or a copy of it, and the batch's own)."""
+    if not len(old) and new.shape[2] == width:
+        return new
+    out = np.zeros((len(old) + len(new), new.shape[1], width, new.shape[3]), dtype=new.dtype)
+    out[: len(old), :, : old.shape[2]] = old
+    out[len(old):, :, : new.shape[2]] = new
+    return out

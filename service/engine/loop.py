@@ -30,7 +30,7 @@ from service.engine.batch import KVBatch
 from service.engine.calibration import choose_width, step_seconds
 from service.engine.scheduler import EngineOptions, QueueFull, Scheduler, Sequence
 from models.repetition import runaway
-from service.engine.search import BeamState
+from service.engine.search import BeamState, advance_all
 from service.metrics import DECODER_STEP_SAMPLE, metrics
 from service.runtime import EncoderDecoderRuntime
 
@@ -310,7 +310,7 @@ class DecodeEngine:
         advances its search over its rows' candidates."""
         batch = self.batch
         nxt = top_tokens[:, 0].copy()
-        dst, src = [], []
+        beams: dict[int, list[Sequence]] = {}  # live beam requests by beam size: advanced together below
         for seq in batch.sequences():
             if seq.finish_reason is not None:
                 continue
@@ -318,31 +318,37 @@ class DecodeEngine:
             if seq.first_token_at is None:
                 seq.first_token_at = time.monotonic()
                 self.metrics.observe("generation_time_to_first_token_seconds", seq.first_token_at - seq.submitted_at, model=self.model)
-            if seq.search is None:
-                token = int(nxt[seq.rows[0]])
-                if token == self.eos and self.options.ignore_eos:
-                    token = nxt[seq.rows[0]] = int(top_tokens[seq.rows[0], 1])
-                if token == self.eos:
-                    self._finish(seq, "eos")
-                    continue
-                seq.tokens.append(token)
-                if seq.on_token is not None:
-                    seq.on_token(token)
-                if self.options.stop_on_repetition and not self.options.ignore_eos and runaway(seq.tokens):
-                    self._finish(seq, "repetition")
-                elif len(seq.tokens) >= seq.max_new_tokens:
-                    self._finish(seq, "length")
+            if seq.search is not None:
+                beams.setdefault(seq.beam_size, []).append(seq)
                 continue
-            rows = np.asarray(seq.rows)
-            beams, tokens, done = seq.search.advance_top(top_tokens[rows], top_logp[rows])
+            token = int(nxt[seq.rows[0]])
+            if token == self.eos and self.options.ignore_eos:
+                token = nxt[seq.rows[0]] = int(top_tokens[seq.rows[0], 1])
+            if token == self.eos:
+                self._finish(seq, "eos")
+                continue
+            seq.tokens.append(token)
+            if seq.on_token is not None:
+                seq.on_token(token)
+            if self.options.stop_on_repetition and not self.options.ignore_eos and runaway(seq.tokens):
+                self._finish(seq, "repetition")
+            elif len(seq.tokens) >= seq.max_new_tokens:
+                self._finish(seq, "length")
+        dst, src = [], []
+        for group in beams.values():
+            rows = np.array([seq.rows for seq in group], dtype=np.int64)  # (R, k)
+            came_from, tokens, done = advance_all([seq.search for seq in group], top_tokens[rows], top_logp[rows])
             nxt[rows] = tokens
-            moved = beams != np.arange(len(rows))
-            dst.extend(rows[moved])
-            src.extend(rows[beams[moved]])
-            if done or seq.steps >= seq.max_new_tokens:
-                seq.tokens = seq.search.best()
-                self._finish(seq, "eos" if done else "length")
-        batch.reorder(np.asarray(dst, dtype=np.int64), np.asarray(src, dtype=np.int64))
+            came_from = np.take_along_axis(rows, came_from, axis=1)
+            moved = came_from != rows
+            dst.append(rows[moved])
+            src.append(came_from[moved])
+            for seq, ended in zip(group, done):
+                if ended or seq.steps >= seq.max_new_tokens:
+                    seq.tokens = seq.search.best()
+                    self._finish(seq, "eos" if ended else "length")
+        if dst:
+            batch.reorder(np.concatenate(dst), np.concatenate(src))
         batch.last = nxt.astype(np.int64)
 
     def _fail(self, seq: Sequence, message: str) -> None:

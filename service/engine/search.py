@@ -67,20 +67,26 @@ class BeamState:
     def advance_top(self, cand_tok: np.ndarray, cand_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """``advance`` from each row's best candidates, best first (``log_softmax_top``; at least ``2k`` of them).
 
-        Runs for every beam request at every step of the engine: the ``2k`` best of the ``k × c`` totals are read as
-        Python numbers once (numpy scalars one by one, and ``np.isfinite`` on each, took half of its time)."""
+        The offline search's step (the engine advances its beam requests together, ``advance_all``): the ``2k`` best
+        of the ``k × c`` totals are read as Python numbers once (numpy scalars one by one, and ``np.isfinite`` on each,
+        took half of its time)."""
         k = self.k
         c = min(self.c, cand_tok.shape[1])
         total = (self.scores[:, None] + cand_logp[:, :c]).reshape(-1)  # (k*c,)
         order = np.argsort(-total, kind="stable")[: 2 * k]
-        totals, tokens_of = total[order].tolist(), cand_tok[:, :c].reshape(-1)[order].tolist()
+        beams, tokens = self.advance_ranked((order // c).tolist(), total[order].tolist(), cand_tok[:, :c].reshape(-1)[order].tolist())
+        return np.array(beams, dtype=np.int64), np.array(tokens, dtype=np.int64), self.done()
+
+    def advance_ranked(self, beams_of: list[int], totals: list[float], tokens_of: list[int]) -> tuple[list[int], list[int]]:
+        """The rule itself, on the step's ``2k`` best candidates as Python numbers, best first: each one's beam, total
+        score and token → (for each row, the row it continues from; the token it is fed next)."""
+        k = self.k
         rows, tokens, scores, seqs = [], [], [], []
-        for rank, (cand, score, token) in enumerate(zip(order.tolist(), totals, tokens_of)):
+        for rank, (beam, score, token) in enumerate(zip(beams_of, totals, tokens_of)):
             if not math.isfinite(score) or (token == self.eos and self.ignore_eos):
                 continue
             if token == self.eos and self.eos_in_top_k and rank >= k:
                 continue
-            beam = cand // c
             if token == self.eos:
                 self._ended(score, self.seqs[beam])
                 continue
@@ -98,7 +104,7 @@ class BeamState:
             scores.append(-math.inf)
             seqs.append(self.seqs[0])
         self.scores, self.seqs = np.array(scores), seqs
-        return np.array(rows, dtype=np.int64), np.array(tokens, dtype=np.int64), self.done()
+        return rows, tokens
 
     def _ended(self, score: float, tokens: list[int]) -> None:
         """A hypothesis ended with ``score`` (its EOS counted in the length): kept if among the ``k`` best."""
@@ -116,3 +122,25 @@ class BeamState:
         """The best hypothesis: ended ones, and the open beams too (a search cut by its length limit)."""
         candidates = list(self.finished) + [(s / self.norm(len(q)), q) for s, q in zip(self.scores, self.seqs) if np.isfinite(s)]
         return list(max(candidates, key=lambda f: f[0])[1]) if candidates else []
+
+
+def advance_all(states: list[BeamState], cand_tok: np.ndarray, cand_logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """``advance_top`` of many searches of one beam size ``k`` at once (the engine's beam requests, every step):
+    candidates ``(R, k, c)`` → (rows each row continues from ``(R, k)``, tokens fed next ``(R, k)``, done per search).
+
+    The same rule as each search's own ``advance_top``, with its array work done once for all ``R`` instead of a
+    dozen numpy calls on a few numbers per request and step."""
+    r, k = len(states), states[0].k
+    c = min(states[0].c, cand_tok.shape[2])
+    scores = np.stack([s.scores for s in states])  # (R, k) float64
+    total = (scores[:, :, None] + cand_logp[:, :, :c]).reshape(r, k * c)
+    order = np.argsort(-total, axis=1, kind="stable")[:, : 2 * k]
+    totals = np.take_along_axis(total, order, axis=1).tolist()
+    tokens_of = np.take_along_axis(cand_tok[:, :, :c].reshape(r, k * c), order, axis=1).tolist()
+    beams_of = (order // c).tolist()
+    beams, tokens = np.empty((r, k), dtype=np.int64), np.empty((r, k), dtype=np.int64)
+    done = []
+    for i, state in enumerate(states):
+        beams[i], tokens[i] = state.advance_ranked(beams_of[i], totals[i], tokens_of[i])
+        done.append(state.done())
+    return beams, tokens, done
