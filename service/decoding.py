@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from models.repetition import runaway
-from service.engine.search import BeamState, log_softmax_top
+from service.engine.search import BeamState, advance_all, log_softmax_top
 
 
 class Inference(Protocol):
@@ -70,9 +70,10 @@ def beam_search(
 ) -> list[list[int]]:
     """Beam search; ``inference`` must hold ``batch × beam_size`` rows (each source repeated ``beam_size`` times).
 
-    Each source's search is a ``service.engine.search.BeamState``, the very one the decoding engine advances, so
-    a source gives the same tokens offline and in the engine's shared batch. A source that is done stops being
-    advanced (its rows keep stepping until every source is done). Returns the best hypothesis per source.
+    Each source's search is a ``service.engine.search.BeamState``, advanced as the decoding engine advances its
+    beam requests (``advance_all``), so a source gives the same tokens offline and in the engine's shared batch. A
+    source that is done stops being advanced (its rows keep stepping until every source is done). Returns the best
+    hypothesis per source.
     """
     k = options.beam_size
     states = [BeamState(k, eos, options.length_penalty) for _ in range(batch)]
@@ -84,15 +85,16 @@ def beam_search(
             cand_tok, cand_logp = inference.candidates(last, 2 * k)  # (B*K, 2K) each
         else:
             cand_tok, cand_logp = log_softmax_top(inference.logits(last), 2 * k)
-        rows = np.arange(batch * k)
-        for b in np.flatnonzero(~done):
-            part = slice(b * k, (b + 1) * k)
-            beams, tokens, done[b] = states[b].advance_top(cand_tok[part], cand_logp[part])
-            rows[b * k : (b + 1) * k] = b * k + beams
-            last[b * k : (b + 1) * k] = tokens
+        rows = np.arange(batch * k).reshape(batch, k)
+        live = np.flatnonzero(~done)
+        beams, tokens, ended = advance_all([states[b] for b in live], cand_tok.reshape(batch, k, -1)[live],
+                                           cand_logp.reshape(batch, k, -1)[live])
+        rows[live] = live[:, None] * k + beams
+        last.reshape(batch, k)[live] = tokens
+        done[live] = ended
         if done.all():
             break
-        inference.rearrange_kv_cache(rows)
+        inference.rearrange_kv_cache(rows.reshape(-1))
     inference.release()
     return [state.best() for state in states]
 
