@@ -67,8 +67,8 @@ def test_many_searches_advanced_at_once_take_the_steps_each_takes_alone():
     ``advance_top``: random steps over a tiny vocabulary, so EOS, ties, the repetition guard, dead beams and finished
     searches all occur."""
     rng = np.random.default_rng(7)
-    for k, rule in ((2, False), (4, False), (4, True), (3, False)):
-        make = lambda: [BeamState(k, EOS, length_penalty=float(rng.choice([0.0, 1.0])), eos_in_top_k=rule) for _ in range(6)]
+    for k, rule, n in ((2, False, 6), (4, False, 6), (4, True, 6), (3, False, 6), (4, False, 1)):
+        make = lambda: [BeamState(k, EOS, length_penalty=float(rng.choice([0.0, 1.0])), eos_in_top_k=rule) for _ in range(n)]
         alone, together = make(), None
         together = [BeamState(s.k, EOS, s.length_penalty, eos_in_top_k=rule) for s in alone]
         for _ in range(30):

@@ -131,6 +131,9 @@ def advance_all(states: list[BeamState], cand_tok: np.ndarray, cand_logp: np.nda
     The same rule as each search's own ``advance_top``, with its array work done once for all ``R`` instead of a
     dozen numpy calls on a few numbers per request and step."""
     r, k = len(states), states[0].k
+    if r == 1:  # one request: its own step is cheaper than the stacking below
+        beams, tokens, done = states[0].advance_top(cand_tok[0], cand_logp[0])
+        return beams[None], tokens[None], [done]
     c = min(states[0].c, cand_tok.shape[2])
     scores = np.stack([s.scores for s in states])  # (R, k) float64
     total = (scores[:, :, None] + cand_logp[:, :, :c]).reshape(r, k * c)
