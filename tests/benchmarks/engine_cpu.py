@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = ((1, 1), (1, 8), (1, 32), (4, 1), (4, 8), (4, 32))  # (beam, sentences)
 
 
-def measure(repository: Path, beam: int, batch: int, runs: int) -> dict:
-    """In this process, with whatever ``service`` the import path finds first (``--src``)."""
+def measure(repository: Path, beam: int, batch: int, runs: int, texts: list[str] | None = None) -> dict:
+    """In this process, with whatever ``service`` the import path finds first: ``batch`` of ``texts`` (default: the
+    translator's test split) decoded ``runs`` times after three warm-up batches."""
     import numpy as np
 
     from models import checkpoint
@@ -37,8 +38,8 @@ def measure(repository: Path, beam: int, batch: int, runs: int) -> dict:
     from service.runtime import EncoderDecoderRuntime, RuntimeOptions
 
     _, tok = checkpoint.load("translator")
-    test = [s for s, _ in text_data.build_corpus()["test"]][:batch]
-    sources = [np.asarray(tok.encode(s)[:255] + [3], dtype=np.int64) for s in test]
+    texts = texts or [s for s, _ in text_data.build_corpus()["test"]]
+    sources = [np.asarray(tok.encode(s)[:255] + [3], dtype=np.int64) for s in texts[:batch]]
     rt = EncoderDecoderRuntime(repository, RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=1))
     in_ort = [0.0]
     for session in (rt.encoder, rt.decoder):
