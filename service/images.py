@@ -39,13 +39,55 @@ def decode(data: bytes) -> Image.Image:
     return image
 
 
+# What one 8-bit step is in the modes Pillow gives deeper pictures: a 16-bit grayscale PNG opens as "I;16" (Pillow
+# 13) or "I" (older Pillow), 0..65535 either way, and 65535 / 257 = 255. Pillow's own convert("L") clips these at 255
+# instead of scaling them. "F" (which none of PNG/JPEG/BMP opens as) is left to it: read as 0..255, clipped.
+STEP = {"I;16": 257, "I;16B": 257, "I;16L": 257, "I;16N": 257, "I": 257}
+
+
+def visible(data: bytes, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """``decode`` and make the picture what a viewer sees, as 8-bit pixels without alpha, ready for ``convert``.
+
+    Deeper grayscale is scaled to 8 bits (the same picture as a 16-bit PNG is the same input). Transparency (an alpha
+    band, or a PNG's transparent colour) is composited onto ``background``, by default the one that contrasts with
+    the opaque pixels: white under dark ones (black strokes on an HTML canvas's transparent black would otherwise
+    vanish), black under light ones. A fully opaque picture is left as it is.
+    """
+    image = _eight_bit(decode(data))
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
+    if alpha.min() == 255:
+        return image
+    if background is None:  # alpha-weighted mean of the opaque pixels' gray; nothing opaque: black, a blank input
+        dark = (np.asarray(rgba.convert("L"), dtype=np.float64) * alpha).sum() < 127.5 * alpha.sum()
+        background = (255, 255, 255) if dark else (0, 0, 0)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A deeper grayscale picture as "L" scaled by ``STEP`` (rounded, clipped to 0..255), or "LA" when it has a
+    transparent value (compared before scaling, where it is exact); any other mode as it is."""
+    step = STEP.get(image.mode)
+    if step is None:
+        return image
+    deep = np.asarray(image, dtype=np.float64)
+    gray = Image.fromarray(np.clip(np.rint(deep / step), 0, 255).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if transparent is None:
+        return gray
+    return Image.merge("LA", (gray, Image.fromarray(np.where(deep == transparent, 0, 255).astype(np.uint8))))
+
+
 def digit_input(data: bytes, size: int = 8) -> np.ndarray:
     """Any digit picture → ``(1, size, size)`` float32 in [0, 1], light ink on dark like scikit-learn's digits.
 
-    Converted to grayscale; dark-on-light pictures (a border brighter than the average) are inverted; an image
-    of another size is cropped to its ink, padded to a centred square and area-averaged to ``size × size``.
+    Converted to grayscale (16-bit scaled to 8, transparency composited onto a contrasting background: see
+    ``visible``); dark-on-light pictures (a border brighter than the average) are inverted; an image of another size
+    is cropped to its ink, padded to a centred square and area-averaged to ``size × size``.
     """
-    return digit_array(np.asarray(decode(data).convert("L"), dtype=np.float32) / 255.0, size)
+    return digit_array(np.asarray(visible(data).convert("L"), dtype=np.float32) / 255.0, size)
 
 
 def digit_array(gray: np.ndarray, size: int = 8) -> np.ndarray:
@@ -73,8 +115,9 @@ def digit_array(gray: np.ndarray, size: int = 8) -> np.ndarray:
 
 
 def scene_input(data: bytes, size: int = 32) -> np.ndarray:
-    """A captioning scene → ``(1, size, size)`` float32 in [0, 1] (grayscale, resized if needed)."""
-    image = decode(data).convert("L")
+    """A captioning scene → ``(1, size, size)`` float32 in [0, 1] (grayscale as ``visible`` reads it, resized if
+    needed)."""
+    image = visible(data).convert("L")
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return (np.asarray(image, dtype=np.float32) / 255.0)[None]
@@ -87,8 +130,9 @@ RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICU
 def picture_input(data: bytes, size: tuple[int, int], color: str = "RGB", resample: int | None = 2) -> np.ndarray:
     """Any picture → ``(C, H, W)`` float32 pixel values / 255, for a model that states its processing (an imported
     checkpoint): converted to ``color`` ("RGB" or "L") and resized to ``size`` (height, width) with its filter, as its
-    own image processor does; the graph normalises."""
-    image = decode(data).convert(color)
+    own image processor does; the graph normalises. Transparency goes onto white, as transformers' ``convert_to_rgb``
+    composites it, rather than whatever colour the transparent pixels happen to hold."""
+    image = visible(data, background=(255, 255, 255)).convert(color)
     return _picture(image, size, resample)
 
 
