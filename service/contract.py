@@ -302,7 +302,9 @@ class Contract:
         if images.ndim != 4 or images.shape[1] != info.channels:
             raise errors.invalid("invalid_tensor", f"{field}: shape must be [N, {info.channels}, H, W], got {list(images.shape)}")
         counted(range(images.shape[0]), field)
-        if max(images.shape[2:]) > MAX_SIDE or min(images.shape[2:]) < 1:
+        if min(images.shape[2:]) < 1:  # no picture: bad input, not one over a limit
+            raise errors.invalid("invalid_tensor", f"{field}: {images.shape[2]}×{images.shape[3]}; sides must be 1..{MAX_SIDE}")
+        if max(images.shape[2:]) > MAX_SIDE:
             raise errors.too_large("image_too_large", f"{field}: {images.shape[2]}×{images.shape[3]}; sides must be 1..{MAX_SIDE}")
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise errors.invalid("invalid_tensor", f"{field}: values must be finite and within [0, 1]")

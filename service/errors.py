@@ -64,7 +64,8 @@ class ServiceError(Exception):
     def body(self, protocol: str = "task") -> bytes:
         """The JSON body: the task API's ``{"error": {"code", "message"}}`` or the OIP's ``{"error": message}``."""
         error = self.message if protocol == "oip" else {"code": self.code, "message": self.message}
-        return json.dumps({"error": error}, ensure_ascii=False).encode()
+        # backslashreplace: a message quoting a client's lone surrogate still encodes (as JSON's own \udXXX escape)
+        return json.dumps({"error": error}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
     def __repr__(self) -> str:
         return f"ServiceError({self.kind.name}, {self.code!r}, {self.message!r})"

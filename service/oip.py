@@ -16,7 +16,10 @@ Models as the protocol sees them (every model has the single version ``1``):
   ``probabilities`` ``[N, labels]``; an imported translator: as ``translator``.
 
 In HTTP JSON, a BYTES element is a JSON string: UTF-8 text for ``text``, base64 for image inputs (binary data, the
-default of ``tritonclient.http``, carries raw bytes instead).
+default of ``tritonclient.http``, carries raw bytes instead); integer elements are JSON integers within the datatype's
+range, BOOL ones booleans. All a client sends is checked before a model runs (else 400 / INVALID_ARGUMENT naming it):
+``id`` is a string (null: no id; a number is refused, not coerced), each ``parameters`` an object of strings, numbers
+and booleans, ``outputs`` a list of objects with a string ``name``, strings valid Unicode (no lone surrogate).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import Kind, ServiceError
+from service import oip_checks as check
+from service.oip_checks import NUMPY, ProtocolError  # noqa: F401 (the codec's names: its callers use them)
 
 SERVER = {"name": "attention-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 PLATFORM = "onnxruntime_onnx"
@@ -77,22 +81,9 @@ def register(contract) -> None:
             }
 
 
-NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT32": np.int32, "INT64": np.int64,
-         "INT8": np.int8, "INT16": np.int16, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-         "UINT64": np.uint64, "BOOL": np.bool_}
 GRPC_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT16": "int_contents",
               "INT8": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
               "UINT32": "uint_contents", "UINT64": "uint64_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents"}
-
-
-_KINDS = {400: Kind.INVALID, 404: Kind.NOT_FOUND, 413: Kind.TOO_LARGE, 422: Kind.OUT_OF_RANGE}
-
-
-class ProtocolError(ServiceError):
-    """A request the protocol cannot accept, as a ``ServiceError`` of the kind its HTTP ``status`` names."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(_KINDS[status], "not_found" if status == 404 else "invalid_tensor", message)
 
 
 @dataclass
@@ -118,17 +109,6 @@ def check_version(version: str | None) -> None:
 # --------------------------------------------------------------------------------------------- decoding
 
 
-def _count(shape: list[int], name: str) -> int:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"{name}: shape must be a list of non-negative integers, got {shape!r}")
-    n = 1
-    for d in shape:
-        n *= d
-    if n > 64 * 4096 * 4096:
-        raise ProtocolError(f"{name}: {n} elements is over the limit", 413)
-    return n
-
-
 def _unpack_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
     """BYTES wire format: each element is a 4-byte little-endian length, then that many bytes."""
     out, at = [], 0
@@ -147,7 +127,7 @@ def _unpack_bytes(raw: bytes, count: int, name: str) -> list[bytes]:
 
 
 def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
-    count = _count(shape, name)
+    count = check.count(shape, name)
     if datatype == "BYTES":
         return Tensor(name, datatype, shape, _unpack_bytes(raw, count, name))
     if datatype not in NUMPY:
@@ -158,18 +138,9 @@ def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
     return Tensor(name, datatype, shape, np.frombuffer(raw, dtype=dtype).reshape(shape))
 
 
-def _flatten(data) -> list:
-    if isinstance(data, list):
-        out = []
-        for item in data:
-            out.extend(_flatten(item) if isinstance(item, list) else [item])
-        return out
-    return [data]
-
-
 def _from_json(name: str, datatype: str, shape: list[int], data, b64: bool) -> Tensor:
-    count = _count(shape, name)
-    flat = _flatten(data)
+    count = check.count(shape, name)
+    flat = check.flatten(data, name)
     if len(flat) != count:
         raise ProtocolError(f"{name}: {len(flat)} elements of data for shape {shape}")
     if datatype == "BYTES":
@@ -180,11 +151,22 @@ def _from_json(name: str, datatype: str, shape: list[int], data, b64: bool) -> T
                 return Tensor(name, datatype, shape, [base64.b64decode(x, validate=True) for x in flat])
             except (binascii.Error, ValueError):
                 raise ProtocolError(f"{name}: image elements in JSON must be base64") from None
-        return Tensor(name, datatype, shape, [x.encode() for x in flat])
+        try:
+            return Tensor(name, datatype, shape, [x.encode() for x in flat])
+        except UnicodeEncodeError:
+            for i, x in enumerate(flat):
+                check.string(x, f"{name}[{i}]")
     if datatype not in NUMPY:
         raise ProtocolError(f"{name}: unsupported datatype {datatype}")
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) or datatype == "BOOL" for x in flat):
+    kind = np.dtype(NUMPY[datatype]).kind
+    if kind == "b" and not all(isinstance(x, bool) for x in flat):
+        raise ProtocolError(f"{name}: BOOL data must be JSON booleans")
+    if kind in "iu" and not all(type(x) is int for x in flat):
+        raise ProtocolError(f"{name}: {datatype} data must be JSON integers")
+    if kind == "f" and not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
         raise ProtocolError(f"{name}: {datatype} data must be numbers")
+    if kind in "iu":
+        check.in_range(name, datatype, flat)
     try:
         return Tensor(name, datatype, shape, np.asarray(flat, dtype=NUMPY[datatype]).reshape(shape))
     except (ValueError, OverflowError) as e:
@@ -194,8 +176,24 @@ def _from_json(name: str, datatype: str, shape: list[int], data, b64: bool) -> T
 BASE64_INPUTS = {"image_bytes", "image"}
 
 
-def parse_http(body: bytes, header_length: str | None) -> tuple[dict, list[Tensor]]:
-    """An HTTP infer request (JSON, or JSON + binary tensor data) → (the JSON header, input tensors)."""
+def _outputs(request: dict, model: str | None) -> None:
+    """The requested ``outputs``, checked before anything runs (names against ``model``'s when it is given)."""
+    outputs = request.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise ProtocolError(f"'outputs' must be a list of objects, got {check.show(outputs)}")
+    for i, o in enumerate(outputs):
+        check.string(o.get("name"), f"outputs[{i}].name")
+        check.parameters(o, f"outputs[{i}].", "binary_data")
+    if model in MODELS:
+        check.known([o["name"] for o in outputs], [o["name"] for o in MODELS[model]["outputs"]], model)
+
+
+def parse_http(body: bytes, header_length: str | None, model: str | None = None) -> tuple[dict, list[Tensor]]:
+    """An HTTP infer request (JSON, or JSON + binary tensor data) → (the JSON header, input tensors). The header is
+    checked whole (``id``, ``parameters``, ``outputs``; output names too when ``model`` is given), so that
+    ``http_response`` can trust it."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -208,22 +206,26 @@ def parse_http(body: bytes, header_length: str | None) -> tuple[dict, list[Tenso
         head, binary = body, b""
     try:
         request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ProtocolError("request body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise ProtocolError(f"request body is not valid JSON: {e}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ProtocolError("'inputs' must be a non-empty list")
+    if request.get("id") is not None:
+        check.string(request["id"], "'id'")
+    check.parameters(request, "", "binary_data_output")
+    _outputs(request, model)
     tensors, at = [], 0
     for i, spec in enumerate(request["inputs"]):
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("datatype"), str):
+        if not isinstance(spec, dict):
             raise ProtocolError(f"inputs[{i}]: needs 'name', 'datatype' and 'shape'")
-        name, datatype, shape = spec["name"], spec["datatype"], spec.get("shape")
-        params = spec.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError(f"{name}: 'parameters' must be an object")
-        size = params.get("binary_data_size")
+        name = check.string(spec.get("name"), f"inputs[{i}].name")
+        datatype, shape = check.string(spec.get("datatype"), f"{name}: datatype"), spec.get("shape")
+        size = check.parameters(spec, f"{name}: ").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or at + size > len(binary):
-                raise ProtocolError(f"{name}: binary_data_size {size!r} does not fit the binary data")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or at + size > len(binary):
+                raise ProtocolError(f"{name}: binary_data_size {check.show(size)} does not fit the binary data")
             tensors.append(_from_raw(name, datatype, shape, binary[at : at + size]))
             at += size
         elif "data" in spec:
@@ -239,6 +241,8 @@ def parse_grpc(request) -> list[Tensor]:
     """A ``ModelInferRequest`` → input tensors (typed ``contents`` or ``raw_input_contents``)."""
     if not request.inputs:
         raise ProtocolError("'inputs' must not be empty")
+    if (model := request.model_name) in MODELS:
+        check.known([o.name for o in request.outputs], [o["name"] for o in MODELS[model]["outputs"]], model)
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise ProtocolError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
@@ -252,22 +256,15 @@ def parse_grpc(request) -> list[Tensor]:
         if field is None:
             raise ProtocolError(f"{spec.name}: unsupported datatype {spec.datatype}")
         values = list(getattr(spec.contents, field))
-        if len(values) != _count(shape, spec.name):
+        if len(values) != check.count(shape, spec.name):
             raise ProtocolError(f"{spec.name}: {len(values)} elements of data for shape {shape}")
         if spec.datatype == "BYTES":
             tensors.append(Tensor(spec.name, "BYTES", shape, values))
         else:
+            if np.dtype(NUMPY[spec.datatype]).kind in "iu":  # INT8/16 travel as int32, UINT8/16 as uint32
+                check.in_range(spec.name, spec.datatype, values)
             tensors.append(Tensor(spec.name, spec.datatype, shape, np.asarray(values, dtype=NUMPY[spec.datatype]).reshape(shape)))
     return tensors
-
-
-def int_parameter(params: dict, name: str, default: int, low: int, high: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, dict):  # gRPC InferParameter as a dict
-        value = value.get("int64_param", value.get("uint64_param", default))
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"parameter {name} must be an integer within {low}..{high}, got {value!r}", 422)
-    return value
 
 
 def grpc_parameters(params) -> dict:
@@ -292,8 +289,8 @@ def only_input(tensors: list[Tensor], model: str) -> Tensor:
     n = len(t.data) if isinstance(t.data, list) else t.data.shape[0] if t.data.ndim else 0
     if len(t.shape) != len(MODELS[model]["inputs"][list(allowed).index(t.name)]["shape"]):
         raise ProtocolError(f"{t.name}: shape must have rank {len(MODELS[model]['inputs'][list(allowed).index(t.name)]['shape'])}, got {t.shape}")
-    if n == 0:
-        raise ProtocolError(f"{t.name}: no elements")
+    if n == 0 or 0 in t.shape:  # a zero-size dimension (an image 0 pixels wide) is no input, not a too large one
+        raise ProtocolError(f"{t.name}: no elements (shape {t.shape})")
     if n > MAX_ITEMS:
         raise ProtocolError(f"{t.name}: {n} items; the limit is {MAX_ITEMS}", 413)
     return t
@@ -320,21 +317,19 @@ def select(outputs: list[Output], requested: list[str] | None, model: str) -> li
     if not requested:
         return outputs
     known = {o.name: o for o in outputs}
-    unknown = [r for r in requested if r not in known]
-    if unknown:
-        raise ProtocolError(f"unknown output '{unknown[0]}' for {model}; outputs: {', '.join(known)}")
+    check.known(requested, known, model)
     return [known[r] for r in requested]
 
 
 def http_response(model: str, request: dict, outputs: list[Output]) -> tuple[bytes, dict]:
-    """(body, headers) of an HTTP infer response; binary tensor data where the request asked for it."""
+    """(body, headers) of an HTTP infer response; binary tensor data where the request asked for it. ``request``: the
+    header as ``parse_http`` checked it."""
     wanted = request.get("outputs") or []
-    names = [o.get("name") for o in wanted if isinstance(o, dict)] or None
-    chosen = select(outputs, names, model)
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
-    binary_of = {o.get("name"): bool((o.get("parameters") or {}).get("binary_data", default_binary)) for o in wanted if isinstance(o, dict)}
+    chosen = select(outputs, [o["name"] for o in wanted] or None, model)
+    default_binary = (request.get("parameters") or {}).get("binary_data_output", False)
+    binary_of = {o["name"]: (o.get("parameters") or {}).get("binary_data", default_binary) for o in wanted}
     head = {"model_name": model, "model_version": VERSION, "outputs": []}
-    if "id" in request:
+    if isinstance(request.get("id"), str):
         head["id"] = request["id"]
     blobs = []
     for out in chosen:

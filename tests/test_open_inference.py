@@ -1,12 +1,15 @@
 """The Open Inference Protocol, driven by the real tritonclient (HTTP and gRPC), unchanged; answers equal the task API's."""
 
 import base64
+import json
 
 import numpy as np
 import pytest
 import requests
 
 from models.data import digits as D
+from service import oip as codec
+from service.errors import ServiceError
 from service.images import encode_png
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a test extra: `make test` installs it")
@@ -178,3 +181,190 @@ def test_plain_json_requests_work_too(url):
     assert r.status_code == 400 and "error" in r.json()
     r = requests.post(url + "/v2/models/translator/infer", json={"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["one"]}]})
     assert r.status_code == 400 and "shape" in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The codec in-process (no service): whatever a client sends is a ServiceError of a client kind, whose OIP body encodes,
+# raised before any model runs; any other exception would be an HTTP 500 / gRPC INTERNAL.
+
+TEXT = '{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Japan"]}'
+
+
+def refusal(call) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
+        call()
+    e = info.value
+    assert json.loads(e.body("oip")) == {"error": e.message}  # encodable: no lone surrogate echoed
+    return e
+
+
+def http_request(head: str | bytes, model: str = "translator", binary: bytes | None = None, name_outputs: bool = False):
+    """What ``http_infer`` does before the model runs: ``head`` is JSON text (``\\ud800`` escapes allowed)."""
+    head = head if isinstance(head, bytes) else head.encode("utf-8", "surrogatepass")
+    length = None if binary is None else str(len(head))
+    request, tensors = codec.parse_http(head + (binary or b""), length, *([model] if name_outputs else []))
+    codec.only_input(tensors, model)
+    return request
+
+
+def nested(depth: int, leaf: str = '"a"') -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+HTTP_REFUSED = {  # case: (JSON header, model, what the message must name, status)
+    "surrogate in text": ('{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Japan \\ud800"]}]}',
+                          "translator", "surrogate", 400),
+    "surrogate in name": ('{"inputs": [{"name": "te\\ud800xt", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}',
+                          "translator", "inputs[0].name", 400),
+    "surrogate in datatype": ('{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES\\udc00", "data": ["a"]}]}',
+                              "translator", "datatype", 400),
+    "surrogate in id": ('{"id": "\\ud800", "inputs": [%s]}' % TEXT, "translator", "'id'", 400),
+    "surrogate in output name": ('{"inputs": [%s], "outputs": [{"name": "\\ud800"}]}' % TEXT, "translator", "outputs[0].name", 400),
+    "surrogate as UTF-8 bytes": (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["\xed\xa0\x80"]}]}',
+                                 "translator", "surrogate", 400),
+    "outputs a number": ('{"inputs": [%s], "outputs": 5}' % TEXT, "translator", "'outputs'", 400),
+    "output parameters a number": ('{"inputs": [%s], "outputs": [{"name": "translation", "parameters": 5}]}' % TEXT,
+                                   "translator", "outputs[0].parameters", 400),
+    "output name a list": ('{"inputs": [%s], "outputs": [{"name": ["x"]}]}' % TEXT, "translator", "outputs[0].name", 400),
+    "output binary_data a string": ('{"inputs": [%s], "outputs": [{"name": "tokens", "parameters": {"binary_data": "no"}}]}' % TEXT,
+                                    "translator", "binary_data", 400),
+    "binary_data_output a number": ('{"inputs": [%s], "parameters": {"binary_data_output": 1}}' % TEXT,
+                                    "translator", "binary_data_output", 400),
+    "100000 brackets": ("[" * 100_000, "translator", "nested too deeply", 400),
+    "data 990 deep": ('{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": %s}]}' % nested(990),
+                      "translator", "nested too deeply", 400),
+    "data 65 deep": ('{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": %s}]}' % nested(65),
+                     "translator", "nested too deeply", 400),
+    "parameter 900 deep": ('{"inputs": [%s], "parameters": {"beam_size": %s}}' % (TEXT, nested(900, "1")),
+                           "translator", "beam_size", 400),
+    "id NaN": ('{"id": NaN, "inputs": [%s]}' % TEXT, "translator", "'id' must be a string", 400),
+    "id a number": ('{"id": 7, "inputs": [%s]}' % TEXT, "translator", "'id' must be a string", 400),
+    "parameters a list": ('{"inputs": [%s], "parameters": []}' % TEXT, "translator", "parameters must be an object", 400),
+    "input parameters a list": ('{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"], "parameters": []}]}',
+                                "translator", "text: parameters must be an object", 400),
+    "output parameters a list": ('{"inputs": [%s], "outputs": [{"name": "tokens", "parameters": []}]}' % TEXT,
+                                 "translator", "outputs[0].parameters must be an object", 400),
+    "images with a zero side": ('{"inputs": [{"name": "images", "shape": [1, 1, 0, 1], "datatype": "FP32", "data": []}]}',
+                                "classifier", "no elements", 400),
+    "INT8 out of range": ('{"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": [1000]}]}',
+                          "translator", "-128..127", 400),
+    "INT32 not an integer": ('{"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]}]}',
+                             "translator", "integers", 400),
+    "BOOL not a boolean": ('{"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [{}]}]}',
+                           "translator", "booleans", 400),
+    "integer of 5000 digits": ('{"inputs": [%s], "parameters": {"beam_size": %s}}' % (TEXT, "9" * 5000),
+                               "translator", "not valid JSON", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(HTTP_REFUSED))
+def test_codec_refuses_bad_http_input_clearly(case):
+    head, model, named, status = HTTP_REFUSED[case]
+    e = refusal(lambda: http_request(head, model))
+    assert e.status == status and named in e.message, e.message
+
+
+@pytest.fixture(scope="module")
+def front_app():
+    """The real HTTP app, no models bound: every case here is refused before a model is needed (the tester saw
+    ``500 text/plain`` for them from the served app)."""
+    from starlette.testclient import TestClient
+
+    from service.front.http import app
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("case", list(HTTP_REFUSED))
+def test_the_http_handler_answers_bad_input_with_the_protocols_error(front_app, case):
+    head, model, named, status = HTTP_REFUSED[case]
+    body = head if isinstance(head, bytes) else head.encode("utf-8", "surrogatepass")
+    r = front_app.post(f"/v2/models/{model}/infer", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and r.headers["content-type"] == "application/json", (r.status_code, r.text)
+    assert named in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("shape, status, named", [([1] * 65, 400, "at most 64"), ([0, 10**21, 1, 1], 413, "over the limit"),
+                                                  ([0, 2**62, 2**62, 1], 413, "over the limit")])
+def test_codec_refuses_bad_binary_shapes(shape, status, named):
+    head = json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": 0}}]})
+    e = refusal(lambda: http_request(head, "classifier", binary=b""))
+    assert e.status == status and named in e.message, e.message
+
+
+def test_codec_refuses_unknown_output_names_before_the_model_runs():
+    e = refusal(lambda: http_request('{"inputs": [%s], "outputs": [{"name": "nope"}]}' % TEXT, name_outputs=True))
+    assert e.status == 400 and "unknown output 'nope'" in e.message
+
+
+def test_codec_still_takes_nested_data_ids_and_binary_flags():
+    rows = [[[[0.0, 0.5], [1.0, 0.25]]]]  # [1, 1, 2, 2] nested row-major, as the protocol allows
+    head = {"id": "r-1", "parameters": {"binary_data_output": False, "beam_size": 2},
+            "inputs": [{"name": "images", "shape": [1, 1, 2, 2], "datatype": "FP32", "data": rows, "parameters": {}}],
+            "outputs": [{"name": "label"}, {"name": "probabilities", "parameters": {"binary_data": True}}]}
+    request, tensors = codec.parse_http(json.dumps(head).encode(), None, "classifier")
+    t = codec.only_input(tensors, "classifier")
+    np.testing.assert_array_equal(t.data, np.asarray(rows, np.float32))
+    outputs = [codec.Output("probabilities", "FP32", [1, 10], np.full((1, 10), 0.1, np.float32)), codec.Output("label", "BYTES", [1], [b"3"])]
+    body, headers = codec.http_response("classifier", request, outputs)
+    n = int(headers["Inference-Header-Content-Length"])
+    answer = json.loads(body[:n])
+    assert answer["id"] == "r-1" and [o["name"] for o in answer["outputs"]] == ["label", "probabilities"]
+    assert answer["outputs"][0]["data"] == ["3"] and len(body) - n == 40
+    deep = '{"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": %s}]}' % nested(64)
+    assert codec.parse_http(deep.encode(), None)[1][0].data == [b"a"]  # 64 levels: numpy's own rank limit
+    assert "id" not in json.loads(codec.http_response("translator", {"id": None}, [])[0])
+
+
+def grpc_tensor(name, datatype, shape, field=None, values=()):
+    t = grpcclient.service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+    if field:
+        getattr(t.contents, field).extend(values)
+    return t
+
+
+GRPC_REFUSED = {  # case: (model, input tensor, raw contents or None, requested output, what the message must name)
+    "INT8 1000": ("translator", grpc_tensor("x", "INT8", [1], "int_contents", [1000]), None, None, "x: INT8 elements must be within -128..127"),
+    "INT8 -129": ("translator", grpc_tensor("x", "INT8", [1], "int_contents", [-129]), None, None, "-128..127"),
+    "UINT8 300": ("translator", grpc_tensor("x", "UINT8", [1], "uint_contents", [300]), None, None, "x: UINT8 elements must be within 0..255"),
+    "INT16 100000": ("translator", grpc_tensor("x", "INT16", [1], "int_contents", [100000]), None, None, "-32768..32767"),
+    "UINT16 70000": ("translator", grpc_tensor("x", "UINT16", [1], "uint_contents", [70000]), None, None, "0..65535"),
+    "images with a zero side": ("classifier", grpc_tensor("images", "FP32", [1, 1, 0, 1], "fp32_contents", []), None, None, "no elements"),
+    "raw shape of rank 65": ("classifier", grpc_tensor("images", "FP32", [1] * 65), b"\0" * 4, None, "at most 64"),
+    "raw zero-size shape over the limit": ("classifier", grpc_tensor("images", "FP32", [0, 2**62, 2**62, 1]), b"", None, "over the limit"),
+    "unknown output": ("translator", grpc_tensor("text", "BYTES", [1], "bytes_contents", [b"a"]), None, "nope", "unknown output 'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", list(GRPC_REFUSED))
+def test_codec_refuses_bad_grpc_input_clearly(case):
+    model, tensor, raw, output, named = GRPC_REFUSED[case]
+    request = grpcclient.service_pb2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[raw] if raw is not None else [])
+    if output:
+        request.outputs.add(name=output)
+    e = refusal(lambda: codec.only_input(codec.parse_grpc(request), model))  # parse_grpc: before ModelInfer's model run
+    assert e.kind.grpc_name == "INVALID_ARGUMENT" and named in e.message, e.message
+
+
+@pytest.mark.parametrize("case", list(GRPC_REFUSED))
+def test_the_grpc_handler_answers_bad_input_with_invalid_argument(case):
+    import asyncio
+
+    from service.front import oip as handlers
+
+    class Context:
+        code = details = None
+
+        def set_code(self, code):
+            self.code = code
+
+        def set_details(self, details):
+            self.details = details
+
+    model, tensor, raw, output, named = GRPC_REFUSED[case]
+    request = grpcclient.service_pb2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[raw] if raw is not None else [])
+    if output:
+        request.outputs.add(name=output)
+    context = Context()
+    asyncio.run(handlers.ModelInfer(grpcclient.service_pb2, request, context))  # no model bound: refused before one runs
+    assert context.code is not None and context.code.name == "INVALID_ARGUMENT" and named in context.details, (context.code, context.details)
