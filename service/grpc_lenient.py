@@ -1,13 +1,22 @@
-"""gRPC servicer registration that lets a malformed request message reach the servicer instead of failing in gRPC.
+"""gRPC servicer registration that lets a malformed request message reach the servicer instead of failing in gRPC,
+and hands the servicer the call's deadline.
 
 With the generated ``add_*_to_server`` functions, bytes that do not parse as the request message (truncated,
 invalid UTF-8 in a string field, garbage) fail inside gRPC's deserializer, before any of the service's code runs, and
 the client sees ``UNKNOWN`` or ``INTERNAL``: a server fault, for something the client sent. Registered through
 these wrappers (``grpc_servicer_functions`` in ``deploy/serve_config.yaml``), such a message arrives as an
 ``Undecodable`` and the ingress answers ``INVALID_ARGUMENT`` with the parser's reason.
+
+The deadline: Serve hands a servicer method a copy of the call's context that keeps its metadata but not its deadline
+(``RayServegRPCContext``), and gRPC does not pass ``grpc-timeout`` on as metadata. So the handlers Serve builds for
+the service's unary calls are wrapped, where they still see gRPC's own context: the message reaches the servicer as
+an ``Arrived`` that carries what the deadline left when the call arrived.
 """
 
 from __future__ import annotations
+
+import inspect
+import time
 
 
 class Undecodable:
@@ -18,6 +27,65 @@ class Undecodable:
 
     def __repr__(self) -> str:
         return f"Undecodable({self.error!r})"
+
+
+class Arrived:
+    """A unary call's request message (or ``Undecodable``) and its deadline: ``remaining_s`` seconds left when
+    the call arrived, stamped at ``stamped`` (``time.time()``, so that it still means the same in another process);
+    ``remaining_s`` is None for a call without a deadline."""
+
+    __slots__ = ("message", "remaining_s", "stamped")
+
+    def __init__(self, message, remaining_s: float | None, stamped: float | None = None) -> None:
+        self.message, self.remaining_s = message, remaining_s
+        self.stamped = time.time() if stamped is None else stamped
+
+    def left_s(self, now: float | None = None) -> float | None:
+        """Seconds the deadline leaves now (negative once past); None without a deadline."""
+        if self.remaining_s is None:
+            return None
+        return self.remaining_s - ((time.time() if now is None else now) - self.stamped)
+
+    def __reduce__(self):
+        return Arrived, (self.message, self.remaining_s, self.stamped)
+
+
+def _remaining(context) -> float | None:
+    try:
+        return context.time_remaining()
+    except Exception:  # a context without one (a test's stand-in): no deadline
+        return None
+
+
+def _carrying(handler):
+    """``handler`` (Serve's, for a unary request) handed an ``Arrived`` instead of the bare message."""
+    if inspect.isasyncgenfunction(handler):
+        async def carried_stream(request, context, *args, **kwargs):
+            async for item in handler(Arrived(request, _remaining(context)), context, *args, **kwargs):
+                yield item
+
+        return carried_stream
+
+    async def carried(request, context, *args, **kwargs):
+        return await handler(Arrived(request, _remaining(context)), context, *args, **kwargs)
+
+    return carried
+
+
+def _carry_deadlines(server) -> None:
+    """Make ``server`` (Serve's ``gRPCGenericServer``) build its unary handlers through ``_carrying``. Another
+    server (no ``service_handler_factory``: plain grpcio in a test) keeps its handlers, and its servicer sees the
+    bare message."""
+    factory = getattr(server, "service_handler_factory", None)
+    if factory is None or getattr(factory, "carries_deadlines", False):
+        return
+
+    def carrying_factory(service_method, streaming_type):
+        handler = factory(service_method=service_method, streaming_type=streaming_type)
+        return _carrying(handler) if getattr(streaming_type, "name", "") in ("UNARY_UNARY", "UNARY_STREAM") else handler
+
+    carrying_factory.carries_deadlines = True
+    server.service_handler_factory = carrying_factory
 
 
 def _lenient(parse):
@@ -35,6 +103,7 @@ class _LenientServer:
 
     def __init__(self, server) -> None:
         self.server = server
+        _carry_deadlines(server)
 
     @staticmethod
     def _wrap(handlers: dict) -> dict:

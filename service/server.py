@@ -31,7 +31,7 @@ from service.config import default_repository
 from service.contract import MODELS, TASK_OF, Contract, repository_models
 from service.front import grpc as task_grpc
 from service.front import health, oip
-from service.front.grpc import undecodable
+from service.front.grpc import opened
 from service.front.http import app
 from service.generator import CaptionerHost, TranslatorHost
 from service.metrics import metrics, zero_counters
@@ -181,61 +181,70 @@ class Server:
             models.stop()
 
     # gRPC inference.v1.Inference: Serve routes each RPC to the method of the same name, and passes the call's context
-    # to a parameter named grpc_context.
+    # to a parameter named grpc_context. ``opened`` unwraps the message and the call's deadline (service/grpc_lenient.py).
     async def Translate(self, request, grpc_context):
-        if undecodable(request, grpc_context):
-            return _pb('inference_pb2').TranslateResponse()
-        return await task_grpc.Translate(_pb('inference_pb2'), request, grpc_context)
+        pb = _pb('inference_pb2')
+        request, deadline = opened(request, grpc_context)
+        return pb.TranslateResponse() if request is None else await task_grpc.Translate(pb, request, grpc_context, deadline)
 
     async def TranslateStream(self, request, grpc_context):
-        if undecodable(request, grpc_context):
+        request, deadline = opened(request, grpc_context)
+        if request is None:
             return
-        async for chunk in task_grpc.TranslateStream(_pb('inference_pb2'), request, grpc_context):
+        async for chunk in task_grpc.TranslateStream(_pb('inference_pb2'), request, grpc_context, deadline):
             yield chunk
 
     async def Classify(self, request, grpc_context):
-        if undecodable(request, grpc_context):
-            return _pb('inference_pb2').ClassifyResponse()
-        return await task_grpc.Classify(_pb('inference_pb2'), request, grpc_context)
+        pb = _pb('inference_pb2')
+        request, deadline = opened(request, grpc_context)
+        return pb.ClassifyResponse() if request is None else await task_grpc.Classify(pb, request, grpc_context, deadline)
 
     async def Caption(self, request, grpc_context):
-        if undecodable(request, grpc_context):
-            return _pb('inference_pb2').CaptionResponse()
-        return await task_grpc.Caption(_pb('inference_pb2'), request, grpc_context)
+        pb = _pb('inference_pb2')
+        request, deadline = opened(request, grpc_context)
+        return pb.CaptionResponse() if request is None else await task_grpc.Caption(pb, request, grpc_context, deadline)
 
     # gRPC inference.GRPCInferenceService (the Open Inference Protocol)
     async def ServerLive(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ServerLiveResponse() if undecodable(request, grpc_context) else await oip.ServerLive(pb, request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return pb.ServerLiveResponse() if request is None else await oip.ServerLive(pb, request, grpc_context)
 
     async def ServerReady(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ServerReadyResponse() if undecodable(request, grpc_context) else await oip.ServerReady(pb, request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return pb.ServerReadyResponse() if request is None else await oip.ServerReady(pb, request, grpc_context)
 
     async def ServerMetadata(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ServerMetadataResponse() if undecodable(request, grpc_context) else await oip.ServerMetadata(pb, request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return pb.ServerMetadataResponse() if request is None else await oip.ServerMetadata(pb, request, grpc_context)
 
     async def ModelReady(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ModelReadyResponse() if undecodable(request, grpc_context) else await oip.ModelReady(pb, request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return pb.ModelReadyResponse() if request is None else await oip.ModelReady(pb, request, grpc_context)
 
     async def ModelMetadata(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ModelMetadataResponse() if undecodable(request, grpc_context) else await oip.ModelMetadata(pb, request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return pb.ModelMetadataResponse() if request is None else await oip.ModelMetadata(pb, request, grpc_context)
 
     async def ModelInfer(self, request, grpc_context):
         pb = _pb('open_inference_pb2')
-        return pb.ModelInferResponse() if undecodable(request, grpc_context) else await oip.ModelInfer(pb, request, grpc_context)
+        request, deadline = opened(request, grpc_context)
+        return pb.ModelInferResponse() if request is None else await oip.ModelInfer(pb, request, grpc_context, deadline)
 
     # gRPC grpc.health.v1.Health
     async def Check(self, request, grpc_context):
         from grpc_health.v1 import health_pb2
 
-        return health_pb2.HealthCheckResponse() if undecodable(request, grpc_context) else await health.Check(request, grpc_context)
+        request, _ = opened(request, grpc_context)
+        return health_pb2.HealthCheckResponse() if request is None else await health.Check(request, grpc_context)
 
     async def Watch(self, request, grpc_context):
-        if undecodable(request, grpc_context):
+        request, _ = opened(request, grpc_context)
+        if request is None:
             return
         async for status in health.Watch(request, grpc_context):
             yield status

@@ -303,6 +303,32 @@ def test_grpc_deadline_is_deadline_exceeded_and_stops_the_decode(stub, long_deco
     assert cut_short(before, stats("translator")) >= 32
 
 
+def test_a_grpc_deadline_the_queue_cannot_meet_is_refused_at_once_as_the_header_is(service, url, stub):
+    """The gRPC deadline is a call's budget, as ``X-Request-Timeout-Ms`` is a request's: behind a queue of 64
+    one-text requests (each waits its turn: a queue-time bound of a minute) in a batch two rows wide, a call with a
+    150 ms deadline is refused at once, RESOURCE_EXHAUSTED as the header's 503, where without its deadline it waited
+    in the queue until gRPC cut it off (DEADLINE_EXCEEDED)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from proto import inference_pb2 as pb
+
+    settings = {"max_batch_size": 2, "auto_width": False, "max_queue": 1024, "max_queue_wait_ms": 60000, "ignore_eos": True}
+    with reconfigured(service, "translator", settings), ThreadPoolExecutor(64) as pool:
+        wait_for(lambda: stats("translator")["max_queue_wait_ms"] == 60000, what="the new queue-time bound")
+        queued = [pool.submit(requests.post, url + "/v1/translate", json={"text": LONG_TEXT, "max_new_tokens": 64},
+                              timeout=120) for _ in range(64)]
+        wait_for(lambda: stats("translator")["waiting"] >= 48, timeout=30, what="a queue of one-text requests")
+        r = requests.post(url + "/v1/translate", json={"text": "nine"}, headers={"X-Request-Timeout-Ms": "150"})
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Translate(pb.TranslateRequest(texts=["nine"]), timeout=0.15)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (info.value.code(), info.value.details())
+        assert "budget" in info.value.details(), info.value.details()
+        assert all(f.result().status_code == 200 for f in queued)  # the queue itself is served
+
+
 def test_deadline_stops_a_beam_search(url):
     """Beams are rows of the engine's batch: the deadline takes them out between two steps like any sequence."""
     before = time.monotonic()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import grpc
 
-from service.contract import DEFAULT_MODEL
+from service.contract import DEFAULT_MODEL, Deadline
 from service.errors import ServiceError
 from service.front import models
 from service.front.observe import Observed
-from service.grpc_lenient import Undecodable
+from service.front.offload import built
+from service.grpc_lenient import Arrived, Undecodable
 
 
 class StreamRefused(Exception):
@@ -19,13 +20,18 @@ class StreamRefused(Exception):
     status only on an exception; Serve keeps the code set here)."""
 
 
-def undecodable(request, context) -> bool:
-    """A request message gRPC could not parse (``service/grpc_lenient.py``): answer INVALID_ARGUMENT, return True."""
+def opened(request, context):
+    """A call's request message and its deadline (``service/grpc_lenient.py``: the message arrives wrapped with
+    what the call's deadline left). A message gRPC could not parse is answered INVALID_ARGUMENT here, and comes back
+    as None."""
+    left = None
+    if isinstance(request, Arrived):
+        request, left = request.message, request.left_s()
     if isinstance(request, Undecodable):
         context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
         context.set_details(f"the request message could not be parsed: {request.error}")
-        return True
-    return False
+        return None, None
+    return request, None if left is None else Deadline(left)
 
 
 def refuse(context, e: ServiceError) -> str:
@@ -70,13 +76,13 @@ def _label(model, task: str) -> str:
     return model if model is not None and known is not None and known.task == task else shipped
 
 
-async def Translate(pb, request, context):
+async def Translate(pb, request, context, deadline: Deadline | None = None):
     asked = _field(request, "model")
 
     async def work():
         job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
                                           max_new_tokens=_field(request, "max_new_tokens"),
-                                          return_attention=request.return_attention, model=asked)
+                                          return_attention=request.return_attention, model=asked, deadline=deadline)
         result = await models().host(job.model).translate(job)
         return pb.TranslateResponse(translations=result["translations"], tokens=result["tokens"], model=job.model,
                                     attention=[_attention(pb, a) for a in result.get("attention", [])])
@@ -84,13 +90,14 @@ async def Translate(pb, request, context):
     return await unary(context, pb.TranslateResponse(), work, _label(asked, "translation"), "Translate")
 
 
-async def TranslateStream(pb, request, context):
+async def TranslateStream(pb, request, context, deadline: Deadline | None = None):
     asked = _field(request, "model")
     with Observed(_label(asked, "translation"), "grpc", "TranslateStream") as observed:
         try:
             job = models().contract.translate(list(request.texts), beam_size=_field(request, "beam_size"),
                                               max_new_tokens=_field(request, "max_new_tokens"),
-                                              return_attention=request.return_attention or None, stream=True, model=asked)
+                                              return_attention=request.return_attention or None, stream=True, model=asked,
+                                              deadline=deadline)
             stream = models().host(job.model).stream(job)
             item = await stream.__anext__()
         except ServiceError as e:  # refused before the stream started
@@ -109,12 +116,13 @@ async def TranslateStream(pb, request, context):
             await stream.aclose()
 
 
-async def Classify(pb, request, context):
+async def Classify(pb, request, context, deadline: Deadline | None = None):
     asked = _field(request, "model")
     label = _label(asked, "classification")
 
     async def work():
-        job = models().contract.classify(list(request.images), top_k=_field(request, "top_k"), model=asked)
+        job = await built(models().contract.classify, list(request.images), top_k=_field(request, "top_k"), model=asked,
+                          deadline=deadline)
         host = models().host(job.model)
         probs = await host.probabilities(job)
         top = (-probs).argsort(-1)[:, : job.top_k]
@@ -124,14 +132,14 @@ async def Classify(pb, request, context):
     return await unary(context, pb.ClassifyResponse(), work, label, "Classify")
 
 
-async def Caption(pb, request, context):
+async def Caption(pb, request, context, deadline: Deadline | None = None):
     asked = _field(request, "model")
     label = _label(asked, "captioning")
 
     async def work():
-        job = models().contract.caption([request.image], beam_size=_field(request, "beam_size"),
-                                        max_new_tokens=_field(request, "max_new_tokens"),
-                                        return_attention=request.return_attention, model=asked)
+        job = await built(models().contract.caption, [request.image], beam_size=_field(request, "beam_size"),
+                          max_new_tokens=_field(request, "max_new_tokens"),
+                          return_attention=request.return_attention, model=asked, deadline=deadline)
         result = await models().host(job.model).caption(job)
         return pb.CaptionResponse(captions=result["captions"], model=job.model,
                                   attention=[_attention(pb, a) for a in result.get("attention", [])])

@@ -17,6 +17,7 @@ from service import oip as codec
 from service.contract import Deadline, TIMEOUT_HEADER
 from service.front import health, models
 from service.front.grpc import unary
+from service.front.offload import built
 
 router = APIRouter(tags=["open inference protocol"])
 INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -37,7 +38,7 @@ async def infer(model: str, tensors: list, params: dict, deadline: Deadline | No
         if t.name == "images":
             job = m.contract.classify_array(t.data, model=model, deadline=deadline)
         else:
-            job = m.contract.classify(t.data, model=model, deadline=deadline, field="image_bytes")
+            job = await built(m.contract.classify, t.data, model=model, deadline=deadline, field="image_bytes")
         probs = await m.host(model).probabilities(job)
         labels = m.host(model).labels
         top = [labels[i].encode() for i in probs.argmax(-1)]
@@ -52,7 +53,7 @@ async def infer(model: str, tensors: list, params: dict, deadline: Deadline | No
         result = await m.host(model).translate(job)
         return [codec.Output("translation", "BYTES", [n], [x.encode() for x in result["translations"]]),
                 codec.Output("tokens", "INT32", [n], np.asarray(result["tokens"], dtype=np.int32))]
-    job = m.contract.caption(t.data, beam_size=beam, max_new_tokens=max_new, model=model, deadline=deadline)
+    job = await built(m.contract.caption, t.data, beam_size=beam, max_new_tokens=max_new, model=model, deadline=deadline)
     result = await m.host(model).caption(job)
     return [codec.Output("caption", "BYTES", [n], [x.encode() for x in result["captions"]])]
 
@@ -111,7 +112,7 @@ async def http_infer(name: str, request: Request, version: str | None = None) ->
     codec.check_version(version)
     codec.metadata(name)
     deadline = Deadline.from_header(request.headers.get(TIMEOUT_HEADER))
-    head, tensors = codec.parse_http(await request.body(), request.headers.get("Inference-Header-Content-Length"))
+    head, tensors = codec.parse_http(await request.body(), request.headers.get("Inference-Header-Content-Length"), name)
     params = head.get("parameters") or {}
     if not isinstance(params, dict):
         raise codec.ProtocolError("'parameters' must be an object")
@@ -155,11 +156,11 @@ async def ModelMetadata(pb, request, context):
     return await unary(context, pb.ModelMetadataResponse(), work)
 
 
-async def ModelInfer(pb, request, context):
+async def ModelInfer(pb, request, context, deadline: Deadline | None = None):
     async def work():
         codec.check_version(request.model_version)
         params = codec.grpc_parameters(request.parameters)
-        outputs = await infer(request.model_name, codec.parse_grpc(request), params, None)
+        outputs = await infer(request.model_name, codec.parse_grpc(request), params, deadline)
         return codec.grpc_response(pb, request.model_name, request.id, [o.name for o in request.outputs], outputs)
 
     model = request.model_name if request.model_name in codec.MODELS else None
