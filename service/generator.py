@@ -127,13 +127,19 @@ class GeneratorHost:
 class TranslatorHost(GeneratorHost):
     name = "translator"
 
-    def _source(self, text: str) -> np.ndarray:
+    def _source(self, text: str, where: str = "text") -> np.ndarray:
+        """The encoder's input for ``text``; 413 for a text the encoder's positions cannot hold (within the
+        contract's 512 characters, a text of digits or symbols can come to more tokens than the encoder reads, and
+        cutting it would translate something other than what was sent)."""
         max_src = self.runtime.config["encoder"]["max_source_tokens"]
-        return np.array(self.tokenizer.encode(text)[: max_src - 1] + [self.tokenizer.eos_id], dtype=np.int64)
+        ids = self.tokenizer.encode(text)
+        if len(ids) > max_src - 1:
+            raise errors.too_large("text_too_long", f"{where}: {len(ids)} tokens; {self.name} reads at most {max_src - 1}")
+        return np.array(ids + [self.tokenizer.eos_id], dtype=np.int64)
 
     async def translate(self, job: TranslateJob) -> dict:
         """``{"translations", "tokens"}`` (+ ``"attention"``)."""
-        sources = [self._source(t) for t in job.texts]
+        sources = [self._source(t, f"texts[{i}]" if len(job.texts) > 1 else "text") for i, t in enumerate(job.texts)]
         outputs = await self._generate(sources, job.options, job.deadline)
         result = {"translations": [self.tokenizer.decode(o) for o in outputs], "tokens": [len(o) for o in outputs]}
         if job.return_attention:

@@ -11,7 +11,7 @@ import typing
 from service import config as serve_config
 from service.config import free_ports  # one place: the service picks HAProxy's side ports with it
 
-LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 6  # ≤ 512 chars
+LONG_TEXT = "The meetings are on Wednesday, September 27, 2084 and on Thursday, April 12, 1973. " * 5  # ≤ 255 tokens
 # One of the longest decodes of the shipped translator (19 tokens and EOS). It once looped until max_new_tokens;
 # the retrained model ends it, and the repetition guard ends any loop: a long decode is now many rows (beam 8).
 NUMBER_TEXT = "nine hundred ninety-nine thousand nine hundred ninety-nine, " * 8

@@ -79,10 +79,12 @@ CASES = {
     "too many texts": (("/v1/translate", {"texts": ["Hi"] * (MAX_ITEMS + 1)}),
                        ("translator", [("text", "BYTES", [b"Hi"] * (MAX_ITEMS + 1))], {}),
                        ("Translate", task_pb.TranslateRequest(texts=["Hi"] * (MAX_ITEMS + 1))), 413),
-    "text too long": (("/v1/translate", {"text": "a" * (MAX_TEXT_CHARS + 1)}),
+    "text too long": (("/v1/translate", {"texts": ["a" * (MAX_TEXT_CHARS + 1)]}),
                       ("translator", [("text", "BYTES", [b"a" * (MAX_TEXT_CHARS + 1)])], {}),
                       ("Translate", task_pb.TranslateRequest(texts=["a" * (MAX_TEXT_CHARS + 1)])), 413),
-    "empty text": (("/v1/translate", {"text": " "}), ("translator", [("text", "BYTES", [b" "])], {}),
+    "too many tokens": (("/v1/translate", {"texts": ["1 2 " * 100]}), ("translator", [("text", "BYTES", [b"1 2 " * 100])], {}),
+                        ("Translate", task_pb.TranslateRequest(texts=["1 2 " * 100])), 413),
+    "empty text": (("/v1/translate", {"texts": [" "]}), ("translator", [("text", "BYTES", [b" "])], {}),
                    ("Translate", task_pb.TranslateRequest(texts=[" "])), 400),
     "no texts": (("/v1/translate", {"texts": []}), None, ("Translate", task_pb.TranslateRequest()), 422),
     "not an image": (("/v1/classify", {"image": b64(b"nope")}), ("classifier", [("image_bytes", "BYTES", [b"nope"])], {}),
@@ -145,6 +147,34 @@ def test_an_ordinary_request_is_answered_alike_on_every_protocol(models, http):
     assert [p.label for p in response.predictions[0].predictions] == [p["label"] for p in top] and len(top) == 3
 
 
+def test_task_routes_take_json_types_as_they_are_and_name_the_field_sent(http):
+    """A string, a float or a boolean is not an integer, nor a number a flag (pydantic's lax mode took "3", 2.0
+    and true as integers, and "yes" or 1 as true); an error names ``text`` when the request sent ``text``."""
+    for body, field in [({"text": "Hi", "max_new_tokens": True}, "max_new_tokens"), ({"text": "Hi", "max_new_tokens": "3"}, "max_new_tokens"),
+                        ({"text": "Hi", "beam_size": 2.0}, "beam_size"), ({"text": "Hi", "return_attention": "yes"}, "return_attention"),
+                        ({"text": "Hi", "return_attention": 1}, "return_attention")]:
+        r = http.post("/v1/translate", json=body)
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith(field), (body, r.text)
+    r = http.post("/v1/classify", json={"image": b64(DIGIT), "top_k": 2.0})
+    assert r.status_code == 422 and "top_k" in r.json()["error"]["message"]
+    assert http.post("/v1/translate", json={"text": " "}).json()["error"]["message"] == "text: empty"
+    assert http.post("/v1/translate", json={"texts": [" "]}).json()["error"]["message"] == "texts[0]: empty"
+    # within the 512 characters, more tokens than the encoder reads: refused, not cut (it would translate less)
+    r = http.post("/v1/translate", json={"text": "1 2 " * 100})
+    assert r.status_code == 413 and r.json()["error"]["message"].startswith("text: 400 tokens; translator reads at most 255")
+
+
+def test_a_multipart_picture_takes_the_fields_of_the_json_form(http):
+    def post(**data):
+        return http.post("/v1/classify", files={"image": ("digit.png", DIGIT, "image/png")}, data=data)
+
+    assert len(post().json()["predictions"][0]) == 5
+    assert len(post(top_k="1").json()["predictions"][0]) == 1
+    for data, field in [({"top_k": "abc"}, "top_k"), ({"top_k": "11"}, "top_k"), ({"colour": "red"}, "colour")]:
+        r = post(**data)
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith(field), (data, r.text)
+
+
 def test_http_body_errors(http):
     assert http.post("/v1/translate", content=b"{bad").json()["error"]["code"] == "invalid_json"
     assert http.post("/v1/translate", content=b"[1]").status_code in (400, 422)
@@ -154,6 +184,9 @@ def test_http_body_errors(http):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header"
     assert http.post("/v2/models/nope/infer", json={"inputs": []}).status_code == 404
     assert http.get("/v1/nothing").json()["error"]["code"] == "not_found"
+    assert http.get("/v2/nothing").json() == {"error": "Not Found"}  # the protocol's own error shape under /v2
+    r = http.get("/v2/models/translator/infer")
+    assert r.status_code == 405 and isinstance(r.json()["error"], str)
 
 
 def test_a_caption_past_the_decoders_positions_is_clamped(http):
@@ -167,6 +200,11 @@ def test_streams(http):
     assert events[-1] == {"done": True, "translation": "vendredi 14 mars 2025", "tokens": 12}
     assert "".join(e.get("token", "") for e in events[:-1]) == events[-1]["translation"]
     assert http.post("/v1/translate/stream", json={"text": "Hi", "beam_size": 2}).status_code == 422
+    # the fields of /v1/translate, as the contract says ("same, single text"): what a stream cannot do is refused by name
+    with http.stream("POST", "/v1/translate/stream", json={"text": "Hi", "beam_size": 1, "return_attention": False}) as r:
+        assert r.status_code == 200 and any(line.startswith("data: ") for line in r.iter_lines())
+    r = http.post("/v1/translate/stream", json={"text": "Hi", "return_attention": True})
+    assert r.status_code == 422 and "return_attention" in r.json()["error"]["message"]
 
 
 def test_metadata_publishes_the_limits(http):

@@ -22,6 +22,7 @@ from service.contract import BEAM_SIZE, CAPTION_MAX_NEW_TOKENS, TIMEOUT_HEADER, 
 from service.errors import ServiceError
 from service.front import health, models, oip
 from service.front.observe import Observed
+from service.front.offload import built
 
 
 class ErrorDetail(BaseModel):
@@ -60,7 +61,7 @@ def ranged(r: contract.Range, description: str):
 
 
 class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3", 2.0, true are not integers; "yes" is not a flag
     text: str | None = Field(None, description=f"one text (≤ {contract.MAX_TEXT_CHARS} characters)")
     texts: list[str] | None = Field(None, description=f"or several (≤ {contract.MAX_ITEMS})")
     beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
@@ -70,11 +71,12 @@ class TranslateRequest(BaseModel):
 
 
 class TranslateStreamRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3", 2.0, true are not integers; "yes" is not a flag
     text: str
     max_new_tokens: int | None = ranged(TRANSLATE_MAX_NEW_TOKENS, "tokens")
     beam_size: int | None = Field(None, description="streaming decodes greedily: 1 only",
                                   json_schema_extra={"minimum": 1, "maximum": 1})
+    return_attention: bool = Field(False, description="false only: a stream carries no attention maps")
     model: str | None = Field(None, description="a translation model of the repository (default: the shipped translator)")
 
 
@@ -96,7 +98,7 @@ class TranslateResponse(BaseModel):
 
 
 class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3", 2.0, true are not integers; "yes" is not a flag
     image: str | None = Field(None, description="base64 of a PNG/JPEG/BMP picture")
     images: list[str] | None = Field(None, description=f"or several (≤ {contract.MAX_ITEMS})")
     top_k: int | None = ranged(TOP_K, "labels per image")
@@ -114,7 +116,7 @@ class ClassifyResponse(BaseModel):
 
 
 class CaptionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "3", 2.0, true are not integers; "yes" is not a flag
     image: str = Field(description="base64 of a PNG/JPEG scene")
     beam_size: int | None = ranged(BEAM_SIZE, "1: greedy")
     max_new_tokens: int | None = ranged(CAPTION_MAX_NEW_TOKENS, "beyond the decoder's 48 positions: clamped")
@@ -161,11 +163,12 @@ async def _service_error(request: Request, e: ServiceError) -> Response:
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own refusals (an unknown path, a wrong method) in the API's error shape."""
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (an unknown path, a wrong method) in the API's error shape: the Open Inference
+    Protocol's ``{"error": message}`` under ``/v2``, the task API's elsewhere."""
     code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, f"http_{e.status_code}")
-    return JSONResponse({"error": {"code": code, "message": str(e.detail)}}, status_code=e.status_code,
-                        headers=getattr(e, "headers", None))
+    error = str(e.detail) if request.url.path.startswith("/v2") else {"code": code, "message": str(e.detail)}
+    return JSONResponse({"error": error}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
@@ -180,7 +183,8 @@ async def translate(request: Request) -> Response:
     body = parse(TranslateRequest, await request.body())
     job = models().contract.translate(contract.one_or_many(body.text, body.texts, "text"), beam_size=body.beam_size,
                                       max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
-                                      model=body.model, deadline=deadline(request))
+                                      model=body.model, deadline=deadline(request),
+                                      field="texts" if body.texts is not None else "text")  # errors name what was sent
     if (observed := request.scope.get("observed")) is not None:
         observed.attribute(job.model)
     return answer({**await models().host(job.model).translate(job), "model": job.model})
@@ -204,7 +208,8 @@ class ClosingStreamingResponse(StreamingResponse):
 async def translate_stream(request: Request):
     body = parse(TranslateStreamRequest, await request.body())
     job = models().contract.translate([body.text], beam_size=body.beam_size, max_new_tokens=body.max_new_tokens,
-                                      model=body.model, deadline=deadline(request), stream=True, field="text")
+                                      return_attention=body.return_attention, model=body.model,
+                                      deadline=deadline(request), stream=True, field="text")
     observed: Observed | None = request.scope.get("observed")
     if observed is not None:
         observed.attribute(job.model)
@@ -237,23 +242,39 @@ def _classify_answer(job, probabilities) -> dict:
             "model": job.model}
 
 
+def form_fields(form) -> tuple:
+    """A multipart classify request's fields: the file ``image`` (required), and text fields ``top_k`` (a decimal
+    integer) and ``model``, as in the JSON form; any other field is refused by name, as the JSON form refuses it."""
+    if unknown := sorted(set(form.keys()) - {"image", "top_k", "model"}):
+        raise errors.out_of_range(f"{unknown[0]}: not a field of this request (image, top_k, model)")
+    upload, model, top_k = form.get("image"), form.get("model"), form.get("top_k")
+    if upload is None or isinstance(upload, str):
+        raise errors.out_of_range("image: a file field named 'image' is required")
+    if model is not None and not isinstance(model, str) or top_k is not None and not isinstance(top_k, str):
+        raise errors.out_of_range("top_k and model: text fields, not files")
+    if top_k is not None:
+        if not top_k.strip().isdecimal():
+            raise errors.out_of_range(f"top_k must be an integer within {TOP_K.low}..{TOP_K.high}, got {top_k!r}")
+        top_k = int(top_k)
+    return upload, model, top_k
+
+
 @app.post("/v1/classify", **documented(ClassifyRequest, ClassifyResponse))
 async def classify(request: Request) -> Response:
     """JSON (base64 images), or ``multipart/form-data`` with a file field ``image``."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
-        upload, model = form.get("image"), form.get("model")
-        if upload is None or isinstance(upload, str):
-            raise errors.out_of_range("image: a file field named 'image' is required")
         try:
-            job = models().contract.classify([await upload.read()], model=model, deadline=deadline(request), field="image")
+            upload, model, top_k = form_fields(form)
+            job = await built(models().contract.classify, [await upload.read()], top_k=top_k, model=model,
+                              deadline=deadline(request), field="image")
         finally:
             await form.close()
     else:
         body = parse(ClassifyRequest, await request.body())
         items = contract.one_or_many(body.image, body.images, "image")
         payloads = [contract.b64(x, f"images[{i}]") for i, x in enumerate(items)]
-        job = models().contract.classify(payloads, top_k=body.top_k, model=body.model, deadline=deadline(request))
+        job = await built(models().contract.classify, payloads, top_k=body.top_k, model=body.model, deadline=deadline(request))
     if (observed := request.scope.get("observed")) is not None:
         observed.attribute(job.model)
     return answer(_classify_answer(job, await models().host(job.model).probabilities(job)))
@@ -262,9 +283,9 @@ async def classify(request: Request) -> Response:
 @app.post("/v1/caption", **documented(CaptionRequest, CaptionResponse))
 async def caption(request: Request) -> Response:
     body = parse(CaptionRequest, await request.body())
-    job = models().contract.caption([contract.b64(body.image, "image")], beam_size=body.beam_size,
-                                    max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
-                                    model=body.model, deadline=deadline(request))
+    job = await built(models().contract.caption, [contract.b64(body.image, "image")], beam_size=body.beam_size,
+                      max_new_tokens=body.max_new_tokens, return_attention=body.return_attention,
+                      model=body.model, deadline=deadline(request))
     if (observed := request.scope.get("observed")) is not None:
         observed.attribute(job.model)
     result = await models().host(job.model).caption(job)
