@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# The CPU build of torch on machines without a GPU; override on GPU machines (e.g. TORCH_SPEC=torch).
+# torch comes from pip's configured indexes. Plain PyPI serves the multi-GB CUDA build on Linux: on a machine
+# without a GPU add TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (the image does).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 # onnxruntime (CPU) or onnxruntime-gpu: never both in one environment.
 ORT_EXTRA ?= cpu
-REPO ?= model_repository
+# The model repository: REPO=..., or the MODEL_REPOSITORY the service itself reads.
+REPO ?= $(or $(MODEL_REPOSITORY),model_repository)
 
 TOOLS  := .tools
 PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
@@ -18,7 +21,7 @@ help:
 	@echo "make run    install (if needed) and start what the project serves"
 	@echo "make test   install with test extras (if needed) and run the test suite"
 	@echo "make observe  make run plus a local Prometheus (deploy/prometheus/) on :9090"
-	@echo "make export export the ONNX model repository again (make run does it once, if missing)"
+	@echo "make export export the ONNX model repository again (make run does it when missing or older than the export code or weights)"
 	@echo "make train  retrain all three models into models/checkpoints/ (~25 min on 2 CPU cores)"
 	@echo "make gpu-bundle  build .gpu/ for the GPU check (tests/gpu/check.sh; BENCHMARKS.md, GPU check)"
 
@@ -27,7 +30,7 @@ $(PY):
 	$(PIP) install --upgrade pip >/dev/null
 
 $(VENV)/.torch: | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
