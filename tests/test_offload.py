@@ -29,6 +29,20 @@ def test_small_pictures_stay_on_the_loop_and_large_ones_leave_it():
     assert not heavy(5)  # not a list of pictures: the contract refuses it, at once
 
 
+def test_headers_are_read_as_pillow_reads_them():
+    import io
+
+    from PIL import Image
+
+    for fmt, options in [("PNG", {}), ("BMP", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("GIF", {})]:
+        for mode in ("L", "RGB"):
+            for width, height in [(8, 8), (700, 300), (13, 4096)]:
+                buffer = io.BytesIO()
+                Image.new(mode, (width, height)).save(buffer, fmt, **options)
+                assert pixels(buffer.getvalue()) == width * height, (fmt, options, mode, width, height)
+    assert pixels(b"\xff\xd8\xff") == pixels(b"\x89PNG\r\n\x1a\n") == pixels(b"BM") == 0  # cut short: no size
+
+
 def test_a_request_of_large_pictures_does_not_hold_the_loop():
     """Four 4096 x 4096 pictures (~1 s of decoding here) decode while a ticker on the loop keeps its 10 ms beat."""
     contract = Contract(CONFIGS)
