@@ -15,6 +15,7 @@ an ``Arrived`` that carries what the deadline left when the call arrived.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 
@@ -61,8 +62,33 @@ def _carrying(handler):
     """``handler`` (Serve's, for a unary request) handed an ``Arrived`` instead of the bare message."""
     if inspect.isasyncgenfunction(handler):
         async def carried_stream(request, context, *args, **kwargs):
-            async for item in handler(Arrived(request, _remaining(context)), context, *args, **kwargs):
-                yield item
+            # Serve's handler is run in a task of its own that is always waiting for the replica's next message,
+            # so that a client's cancel always reaches the replica. Iterated in place, it is cancelled only if
+            # the cancel lands while it waits; one landing while gRPC sends a message closes the generators
+            # instead, and Serve's gRPC proxy then never cancels the replica's call (it answers GeneratorExit
+            # with a status: "async generator ignored GeneratorExit"), which decodes on for nobody.
+            messages: asyncio.Queue = asyncio.Queue()  # unbounded: the pump never waits on anything but the replica
+
+            async def pump():
+                try:
+                    async for item in handler(Arrived(request, _remaining(context)), context, *args, **kwargs):
+                        messages.put_nowait((True, item))
+                    messages.put_nowait((False, None))
+                except BaseException as e:  # noqa: BLE001 (handed to the caller, cancellation included)
+                    messages.put_nowait((False, e))
+
+            task = asyncio.ensure_future(pump())
+            try:
+                while True:
+                    more, item = await messages.get()
+                    if not more:
+                        if item is not None:
+                            raise item
+                        return
+                    yield item
+            finally:
+                if not task.done():
+                    task.cancel()
 
         return carried_stream
 

@@ -109,3 +109,66 @@ def test_opened_unwraps_the_message_and_its_deadline_and_refuses_what_did_not_pa
     assert past.left_s() < -3.5  # admitted nowhere: the engine answers a passed deadline 504
     assert opened(Arrived(Undecodable("DecodeError: truncated"), 2.0), context) == (None, None)
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT and "truncated" in context.details
+
+
+class Deadlined:
+    def time_remaining(self):
+        return 5.0
+
+
+@pytest.mark.parametrize("how", ["closed while a message is being sent", "cancelled while waiting"])
+def test_a_stream_the_client_leaves_cancels_the_replicas_call_whenever_the_cancel_lands(how):
+    """Serve's stream handler cancels the replica's call only when a CancelledError reaches the await on the
+    replica (its ProxyResponseGenerator); closing it at a ``yield`` (gRPC does, when the cancel lands while it
+    sends a message) leaves the replica decoding for nobody. Wrapped, the handler always sees the cancel there."""
+    from service.grpc_lenient import _carrying
+
+    seen: list = []
+
+    async def serve_handler(request, context):  # Serve's: each message awaited from the replica
+        try:
+            for i in range(100):
+                await asyncio.sleep(0.01)  # the replica's next message
+                yield i
+        except asyncio.CancelledError:
+            seen.append("replica's call cancelled")
+            raise
+        except GeneratorExit:
+            seen.append("closed at a yield")
+            raise
+
+    async def main():
+        stream = _carrying(serve_handler)("request", Deadlined())
+        assert await stream.__anext__() == 0
+        if how == "closed while a message is being sent":
+            await stream.aclose()
+        else:
+            task = asyncio.ensure_future(stream.__anext__())
+            await asyncio.sleep(0.005)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        return seen
+
+    assert asyncio.run(main()) == ["replica's call cancelled"]
+
+
+def test_a_wrapped_stream_passes_every_message_and_the_handlers_error_on():
+    from service.grpc_lenient import _carrying
+
+    async def handler(request, context):
+        assert isinstance(request, Arrived) and request.message == "request"
+        yield 1
+        yield 2
+        raise ValueError("replica failed")
+
+    async def main():
+        got = []
+        with pytest.raises(ValueError, match="replica failed"):
+            async for item in _carrying(handler)("request", Deadlined()):
+                got.append(item)
+        return got
+
+    assert asyncio.run(main()) == [1, 2]
