@@ -284,3 +284,36 @@ def test_submitted_sequences_past_their_deadline_are_not_counted_by_the_next_arr
     with pytest.raises(QueueFull):
         sched.submit([seq()], live_rows=4, limit=4, now=now)
     sched.submit([seq()], live_rows=3, limit=4, now=now + 11)  # all fifty expired, nothing has stepped: admitted
+
+
+def test_a_request_of_many_batch_wide_beams_takes_turns_with_the_requests_behind_it():
+    """A width of 8 (a CPU's measured width) and a request of four beam-8 sequences: each time one of them leaves,
+    the request holds nothing and is owed its share again. It used to take the place back at once, every time,
+    while a one-row request behind it waited out its budget (503); now they take turns."""
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    big = [seq(width=8) for _ in range(4)]
+    sched.submit(big, live_rows=0, limit=8, now=now)
+    assert sched.admit(8, now, limit=8)[0] == [big[0]]
+    one = seq(submitted_at=now + 0.001)
+    sched.submit([one], live_rows=8, limit=8, now=now + 0.001)
+    sched.left(big[0], now + 0.01)  # the one-row request has waited while it decoded: its turn now
+    assert sched.admit(8, now + 0.01, limit=8)[0] == [one]
+    assert sched.admit(7, now + 0.01, limit=8)[0] == []  # the next beam waits for the whole width (not overtaken)
+    sched.left(one, now + 0.02)
+    assert sched.admit(8, now + 0.02, limit=8)[0] == [big[1]]
+
+
+def test_two_requests_of_many_sequences_alternate():
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    a, b = [seq(width=4) for _ in range(3)], [seq(width=4, submitted_at=now + 0.001) for _ in range(3)]
+    sched.submit(a, live_rows=0, limit=4, now=now)
+    sched.submit(b, live_rows=0, limit=4, now=now + 0.001)
+    order = []
+    for step in range(6):
+        admitted, _ = sched.admit(4, now + 0.01 * (step + 1), limit=4)
+        order += admitted
+        for s in admitted:
+            sched.left(s, now + 0.01 * (step + 1) + 0.005)
+    assert order == [a[0], b[0], a[1], b[1], a[2], b[2]]

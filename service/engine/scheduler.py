@@ -50,6 +50,13 @@ def _owed(widths: list[int], owed: int) -> int:
     return ahead
 
 
+def _turn(seq: Sequence) -> float:
+    """When one of its request's sequences last got or left a place in the batch, or when it arrived if none has:
+    the owed are admitted in this order (round robin: a request just served goes behind those that waited)."""
+    leader = seq.leader or seq
+    return leader.submitted_at if leader.served_at is None else leader.served_at
+
+
 @dataclass
 class _Count:
     """The waiting queue as admission reads it: rows ahead of a newcomer, rows queued, requests decoding or waiting,
@@ -135,6 +142,7 @@ class Sequence:
     steps: int = 0  # decoder steps it took part in
     submitted_at: float = field(default_factory=time.monotonic)
     leader: Sequence | None = None  # the first sequence of its request (submit_all)
+    served_at: float | None = None  # a leader's: when one of its request's sequences last got or left a place
     first_token_at: float | None = None
     search: object | None = None  # the engine's per-sequence search state (BeamState for beams)
     rows: list[int] = field(default_factory=list)  # its rows in the running batch
@@ -277,12 +285,16 @@ class Scheduler:
         """(The sequences that take up to ``room`` rows now; those to finish instead, with why).
 
         Fair share first: every request (decoding or waiting) is owed ``limit`` ÷ their number rows, and the
-        sequences of requests holding less than that are admitted first, in arrival order; what room is left goes
-        first come, first served. In both, a sequence that does not fit yet (a beam of four rows when two are
+        sequences of requests holding less than that are admitted first, in turn: the request served least recently
+        first (one of its sequences placed or leaving; one never served: by arrival); what room is left goes first
+        come, first served. In both, a sequence that does not fit yet (a beam of four rows when two are
         free) is not overtaken: under load, one-row requests would take every row as it frees and starve it. So
         one client's request of 64 long texts gets its share of the batch, not all of it, and the ordinary requests
         behind it start at once instead of waiting out their budget (before this, 16 clients beside such a request
-        got one 503 for every 200)."""
+        got one 503 for every 200). The turns matter where the batch is no wider than a beam: a request of
+        many beam-8 sequences on a width of 8 was owed its share again each time one of its own sequences left, and
+        took every place while the one-row requests behind it waited out their budget (2026-12-03, 3-6 refusals in
+        a 4.7 s request of 64 such sequences beside 3 ordinary clients)."""
         before, count = len(self.waiting), self._count
         admitted, dropped = self._admit(room, now, limit)
         if count is not None and count.multi == 0 and count.length == before:  # one-sequence requests only: subtract
@@ -295,44 +307,49 @@ class Scheduler:
         return admitted, dropped
 
     def _admit(self, room: int, now: float, limit: int | None) -> tuple[list[Sequence], list[tuple[Sequence, str]]]:
-        admitted, dropped, keep = [], [], deque()
+        admitted, dropped, keep, served = [], [], deque(), False
         for seq in self.waiting:  # cancelled or expired anywhere in the queue: out now
             if seq.cancelled or (seq.deadline is not None and now > seq.deadline):
                 dropped.append((seq, "cancelled" if seq.cancelled else "deadline"))
             else:
                 keep.append(seq)
+                served = served or (seq.leader or seq).served_at is not None  # a request partly served waits
         self.waiting = keep
-        if limit is not None and room >= limit and self.waiting and self.waiting[0].width > room:
-            # the batch is empty and the first in line is a beam wider than its width: it runs alone, over the width
-            # (2026-12-02: a beam_size 8 request was refused for good by a translator whose measured width was 4)
-            room = self.waiting[0].width
         if limit is not None and self.waiting and room > 0:
+            # Turns (_turn): a request of many sequences takes its turn with the others instead of going before them
+            # each time one of its own sequences leaves. The queue itself stays in arrival order (_overdue reads it).
+            order = sorted(self.waiting, key=_turn) if served else self.waiting
+            if room >= limit and order[0].width > room:
+                # the batch is empty and the first in turn is a beam wider than its width: it runs alone, over the
+                # width (2026-12-02: a beam_size 8 request was refused for good by a translator whose width was 4)
+                room = order[0].width
             requests = set(self.held) | {s.leader or s for s in self.waiting}
             share = max(1, limit // len(requests))
-            rest, blocked = deque(), False
-            for seq in self.waiting:
-                leader = seq.leader or seq
-                if not blocked and self.held.get(leader, 0) < share:
-                    if seq.width <= room:
-                        self._take(seq, admitted)
-                        room -= seq.width
-                        continue
-                    blocked = True  # an owed beam that does not fit yet is not overtaken: it would starve
-                rest.append(seq)
-            self.waiting = rest
+            taken = set()
+            for seq in order:
+                if self.held.get(seq.leader or seq, 0) < share:
+                    if seq.width > room:
+                        break  # an owed beam that does not fit yet is not overtaken: it would starve
+                    self._take(seq, admitted, now)
+                    taken.add(seq)
+                    room -= seq.width
+            if taken:
+                self.waiting = deque(s for s in self.waiting if s not in taken)
         while self.waiting and self.waiting[0].width <= room:
             room -= self.waiting[0].width
-            self._take(self.waiting.popleft(), admitted)
+            self._take(self.waiting.popleft(), admitted, now)
         return admitted, dropped + self._overdue(now)
 
-    def _take(self, seq: Sequence, admitted: list[Sequence]) -> None:
+    def _take(self, seq: Sequence, admitted: list[Sequence], now: float) -> None:
         leader = seq.leader or seq
         self.held[leader] = self.held.get(leader, 0) + seq.width
+        leader.served_at = now
         admitted.append(seq)
 
-    def left(self, seq: Sequence) -> None:
-        """An admitted sequence has left the batch: its request holds its rows no more."""
+    def left(self, seq: Sequence, now: float | None = None) -> None:
+        """An admitted sequence has left the batch (at ``now``): its request holds its rows no more."""
         leader = seq.leader or seq
+        leader.served_at = time.monotonic() if now is None else now
         if (held := self.held.get(leader, 0) - seq.width) > 0:
             self.held[leader] = held
         else:
