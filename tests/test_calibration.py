@@ -113,3 +113,36 @@ def test_the_engine_batches_as_wide_as_its_calibration_says_and_configure_waits_
     finally:
         engine.stop()
     assert not engine.configure(EngineOptions(max_batch=2))  # stopped: returns, unmeasured
+
+
+def test_the_loops_own_time_a_step_widens_a_width_the_decoder_alone_left_narrow():
+    from service.engine.calibration import LoopWidth
+
+    flat = {4: 0.0004, 8: 0.0008, 16: 0.0016, 32: 0.0032}  # the decoder alone: the same rows per second at any width
+    assert choose_width(flat) == 4
+    width = LoopWidth(flat, every=4)
+    assert [width.observe(0.0014, 0.0004) for _ in range(4)] == [None, None, None, 32]  # 1 ms of its own a step
+    assert width.host_s == pytest.approx(0.001)
+    idle = LoopWidth(flat, every=1)
+    assert idle.observe(0.0004, 0.0004) == 4  # no time of its own: the decoder's choice stands
+    # a decoder whose rows per second fall past 8 keeps its width however the loop adds to it a little
+    falling = {4: 0.0004, 8: 0.0006, 16: 0.0030, 32: 0.0090}
+    assert LoopWidth(falling, every=1).observe(0.0007, 0.0006) == 8
+
+
+def test_the_engine_re_chooses_its_width_as_the_loop_runs_full(rt):
+    engine = DecodeEngine(rt, EngineOptions(max_batch=32, ignore_eos=True))
+    engine.step()  # calibrates (nothing to decode yet)
+    engine.loop_width = calibration.LoopWidth({w: w * 1e-4 for w in (4, 8, 16, 32)}, every=8)
+    engine.batch_limit = 4
+    source = np.arange(4, 20, dtype=np.int64)
+    seqs = engine.submit_all([Sequence(source, 40) for _ in range(48)])
+    for _ in range(8):
+        engine.step()
+    assert engine.batch_limit == 32 and engine.loop_width.host_s > 0
+    engine.step()
+    assert len(engine.batch) == 32  # the wider width admits at the next step
+    for s in seqs:
+        s.cancel()
+    engine.step()
+    engine.stop()

@@ -1,7 +1,8 @@
 """How wide the batch should be on this machine: decoder steps timed at several widths, at start.
 
 The width is chosen for throughput: the narrowest width of at most ``max_batch`` whose tokens per second
-(``width / step time``) are within ``THROUGHPUT_TOLERANCE`` of the best measured. On a GPU a step of 32 rows costs
+(``width / step time``) are within ``THROUGHPUT_TOLERANCE`` of the best measured, the step's time being the decoder's
+(timed at start) plus the loop's own around it (measured as it runs: ``LoopWidth``). On a GPU a step of 32 rows costs
 about what a step of one does, so that is ``max_batch``; on a small CPU it is where tokens/s stop rising. Past that
 width a wider batch would only make every row slower without decoding more per second, which under load is the
 queue's time too.
@@ -44,6 +45,36 @@ def choose_width(seconds: dict[int, float], tolerance: float = THROUGHPUT_TOLERA
     rate = {w: w / s for w, s in seconds.items()}
     best = max(rate.values())
     return min(w for w, r in rate.items() if r >= tolerance * best)
+
+
+class LoopWidth:
+    """The width as the loop runs: the calibrated decoder step times plus the loop's own time around each step
+    (admission, feeds, search updates, the newcomers' encoder runs: Python and small runs that cost about the same at
+    any width), a running mean measured at full width, the width re-chosen every ``every`` such steps.
+
+    The decoder alone levels off early on a CPU, and its noise decided the width: on 2 vCPUs its rows per second were
+    flat from 8 to 32 rows (±10 %), and replicas calibrating beside the start-up of others chose 4, 8 or 16 from one
+    start to the next. The loop's answers per second still rise to 32 (measured in-process, 64 clients, 2026-12-03:
+    greedy 310 / 460 / 575 / 610 a second at 4 / 8 / 16 / 32 rows, beam 4 107 / 122 / 140 / 190): its own
+    ~0.7 ms a step is spread over more rows. A width chosen at start from the decoder alone is corrected once the
+    loop has run full for ``every`` steps."""
+
+    EMA = 0.05
+
+    def __init__(self, times: dict[int, float], every: int = 64) -> None:
+        self.times, self.every = times, every
+        self.host_s: float | None = None  # the loop's own seconds a step (None: not measured yet)
+        self.observed = 0
+
+    def observe(self, step_s: float, decoder_s: float) -> int | None:
+        """A full-width step took ``step_s``, ``decoder_s`` of it in the decoder: the width to use now, every
+        ``every`` steps (None between)."""
+        host = max(0.0, step_s - decoder_s)
+        self.host_s = host if self.host_s is None else self.host_s + self.EMA * (host - self.host_s)
+        self.observed += 1
+        if self.observed % self.every:
+            return None
+        return choose_width({w: t + self.host_s for w, t in self.times.items()})
 
 
 def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4) -> dict[int, float]:

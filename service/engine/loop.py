@@ -27,7 +27,7 @@ from concurrent.futures import InvalidStateError
 import numpy as np
 
 from service.engine.batch import KVBatch
-from service.engine.calibration import choose_width, step_seconds
+from service.engine.calibration import LoopWidth, choose_width, step_seconds
 from service.engine.scheduler import EngineOptions, QueueFull, Scheduler, Sequence
 from models.repetition import runaway
 from service.engine.search import BeamState, advance_all
@@ -64,6 +64,8 @@ class DecodeEngine:
         self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
         self.batch_limit = options.max_batch  # rows decoded together: max_batch, or the throughput width (calibrate)
         self.step_times: dict[int, float] = {}  # width → seconds of a step (last calibration)
+        self.loop_width: LoopWidth | None = None  # re-chooses the width with the loop's own time a step (auto_width)
+        self._decoder_s = 0.0  # the last step's decoder run
         self._calibrated_for: tuple | None = None
 
     # ---------------------------------------------------------------------------------- options
@@ -78,6 +80,7 @@ class DecodeEngine:
             self._options = self.scheduler.options = options
             if not options.auto_width:
                 self.batch_limit, self._calibrated_for, self.step_times = options.max_batch, None, {}
+                self.loop_width = None
             self.lock.notify()
 
     def configure(self, options: EngineOptions, timeout: float | None = None) -> bool:
@@ -102,7 +105,7 @@ class DecodeEngine:
         with self.lock:
             if options is not self._options:
                 return  # changed while it ran: the next call measures for the new options
-            self.step_times, self.batch_limit = times, choose_width(times)
+            self.step_times, self.batch_limit, self.loop_width = times, choose_width(times), LoopWidth(times)
             self.scheduler.step_s = times[self.batch_limit]
             self._calibrated_for = options.max_batch
             self._calibration_done.notify_all()
@@ -195,7 +198,9 @@ class DecodeEngine:
             self.steps += 1
             if len(self.batch) >= self.batch_limit:
                 with self.lock:
-                    self.scheduler.observed_step(time.monotonic() - started)
+                    self.scheduler.observed_step(took := time.monotonic() - started)
+                    if self.loop_width is not None and (width := self.loop_width.observe(took, self._decoder_s)):
+                        self.batch_limit = width
 
     def _schedule(self) -> None:
         now = time.monotonic()
@@ -281,7 +286,7 @@ class DecodeEngine:
         except Exception as error:
             self._isolate(error)
             return None
-        took = time.monotonic() - started
+        self._decoder_s = took = time.monotonic() - started
         self._failures = 0
         if self._step_sampler.random() * DECODER_STEP_SAMPLE < 1:
             self.metrics.observe("inference_compute_duration_seconds", took, model=self.model, stage="decoder_step")
