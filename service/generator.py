@@ -65,7 +65,7 @@ class GeneratorHost:
                 "max_queue_wait_ms": options.max_queue_wait_s * 1000, "auto_width": options.auto_width,
                 "ignore_eos": options.ignore_eos,
                 "batch_limit": self.engine.batch_limit, "step_times": self.engine.step_times,
-                "loop_s_per_step": None if self.engine.loop_width is None else self.engine.loop_width.host_s,
+                "loop_s_per_step": getattr(self.engine.loop_width, "host_s", None),
                 "max_new_tokens_limit": self.engine.max_positions,
                 "active": active, "waiting": waiting, "finished": dict(self.engine.finished)}
 

@@ -123,6 +123,7 @@ def test_the_loops_own_time_a_step_widens_a_width_the_decoder_alone_left_narrow(
     width = LoopWidth(flat, every=4)
     assert [width.observe(0.0014, 0.0004) for _ in range(4)] == [None, None, None, 32]  # 1 ms of its own a step
     assert width.host_s == pytest.approx(0.001)
+    assert width.step_s(16) == pytest.approx(0.0026)
     idle = LoopWidth(flat, every=1)
     assert idle.observe(0.0004, 0.0004) == 4  # no time of its own: the decoder's choice stands
     # a decoder whose rows per second fall past 8 keeps its width however the loop adds to it a little
@@ -133,16 +134,31 @@ def test_the_loops_own_time_a_step_widens_a_width_the_decoder_alone_left_narrow(
 def test_the_engine_re_chooses_its_width_as_the_loop_runs_full(rt):
     engine = DecodeEngine(rt, EngineOptions(max_batch=32, ignore_eos=True))
     engine.step()  # calibrates (nothing to decode yet)
-    engine.loop_width = calibration.LoopWidth({w: w * 1e-4 for w in (4, 8, 16, 32)}, every=8)
+    engine.loop_width = calibration.LoopWidth({w: w * 1e-5 for w in (4, 8, 16, 32)}, every=8)
     engine.batch_limit = 4
     source = np.arange(4, 20, dtype=np.int64)
-    seqs = engine.submit_all([Sequence(source, 40) for _ in range(48)])
-    for _ in range(8):
+    try:
+        seqs = engine.submit_all([Sequence(source, 40) for _ in range(48)])
+        for _ in range(8):
+            engine.step()
+        assert engine.batch_limit == 32 and engine.loop_width.host_s > 0
+        assert engine.scheduler.step_s == pytest.approx(32e-5 + engine.loop_width.host_s)
         engine.step()
-    assert engine.batch_limit == 32 and engine.loop_width.host_s > 0
-    engine.step()
-    assert len(engine.batch) == 32  # the wider width admits at the next step
-    for s in seqs:
-        s.cancel()
-    engine.step()
-    engine.stop()
+        assert len(engine.batch) == 32  # the wider width admits at the next step
+        for s in seqs:
+            s.cancel()
+        engine.step()
+    finally:
+        engine.stop()
+
+
+def test_the_loops_time_is_the_mean_of_its_window_and_a_window_forgets_the_one_before():
+    from service.engine.calibration import LoopWidth
+
+    width = LoopWidth({8: 0.0008, 16: 0.0016, 32: 0.0032}, every=8)
+    for took in [0.0308] + [0.0009] * 7:  # the first full step encoded every newcomer at once: it counts, once
+        width.observe(took, 0.0008)
+    assert width.host_s == pytest.approx((0.030 + 7 * 0.0001) / 8)
+    for _ in range(8):
+        width.observe(0.0009, 0.0008)
+    assert width.host_s == pytest.approx(0.0001)

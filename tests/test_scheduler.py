@@ -317,3 +317,20 @@ def test_two_requests_of_many_sequences_alternate():
         for s in admitted:
             sched.left(s, now + 0.01 * (step + 1) + 0.005)
     assert order == [a[0], b[0], a[1], b[1], a[2], b[2]]
+
+
+def test_an_owed_beam_is_not_overtaken_by_first_come_first_served_either():
+    """64 one-row texts of one request fill a width of 8, then a beam-4 request arrives (owed 4 rows). As rows free
+    one at a time, the first come, first served pass used to hand each to the big request's next text, which is far
+    over its share: the beam waited until all 64 had been placed (step 60, or a 503 after 2 s)."""
+    sched = Scheduler(EngineOptions())
+    now = time.monotonic()
+    big = [seq() for _ in range(64)]
+    sched.submit(big, live_rows=0, limit=8, now=now)
+    running = sched.admit(8, now, limit=8)[0]
+    beam = seq(width=4, submitted_at=now + 0.001)
+    sched.submit([beam], live_rows=8, limit=8, now=now + 0.001)
+    for i in range(4):
+        sched.left(running[i], now + 0.01 * (i + 1))
+        admitted, _ = sched.admit(i + 1, now + 0.01 * (i + 1), limit=8)
+        assert admitted == ([beam] if i == 3 else []), i

@@ -49,32 +49,41 @@ def choose_width(seconds: dict[int, float], tolerance: float = THROUGHPUT_TOLERA
 
 class LoopWidth:
     """The width as the loop runs: the calibrated decoder step times plus the loop's own time around each step
-    (admission, feeds, search updates, the newcomers' encoder runs: Python and small runs that cost about the same at
-    any width), a running mean measured at full width, the width re-chosen every ``every`` such steps.
+    (admission, the newcomers' encoder runs, feeds, search updates, and the hand-offs with the threads that submit),
+    its mean over the last ``every`` full-width steps (a mean, as throughput is total time over steps; over a window,
+    not a running mean from the first step, which is often the one that filled the batch and encoded every newcomer
+    at once), the width re-chosen every ``every`` such steps.
 
     The decoder alone levels off early on a CPU, and its noise decided the width: on 2 vCPUs its rows per second were
     flat from 8 to 32 rows (±10 %), and replicas calibrating beside the start-up of others chose 4, 8 or 16 from one
     start to the next. The loop's answers per second still rise to 32 (measured in-process, 64 clients, 2026-12-03:
-    greedy 310 / 460 / 575 / 610 a second at 4 / 8 / 16 / 32 rows, beam 4 107 / 122 / 140 / 190): its own
-    ~0.7 ms a step is spread over more rows. A width chosen at start from the decoder alone is corrected once the
-    loop has run full for ``every`` steps."""
+    greedy 310 / 460 / 575 / 610 a second at 4 / 8 / 16 / 32 rows, beam 4 107 / 122 / 140 / 190): its own time a
+    step (~1 ms) is spread over more rows. The encoder runs stay in it although their cost is mostly per request:
+    left out, the loop's time read ~0.3 ms, the width came out 8-16 and the loop answered 560/s greedy and 157-177/s
+    beam 4, against 632-788/s and 190-218/s with them in (width 32 each time); the median of the same window instead
+    of its mean read 0.1-0.6 ms and decoded 458-571/s and 135-171/s.
 
-    EMA = 0.05
+    Limits: the loop's time is measured at the width in use and added as if it were the same at every width, so its
+    part that grows with the width is charged to the narrower widths too; the choice is never narrower than the
+    decoder's alone."""
 
     def __init__(self, times: dict[int, float], every: int = 64) -> None:
         self.times, self.every = times, every
         self.host_s: float | None = None  # the loop's own seconds a step (None: not measured yet)
-        self.observed = 0
+        self.samples: list[float] = []
 
     def observe(self, step_s: float, decoder_s: float) -> int | None:
         """A full-width step took ``step_s``, ``decoder_s`` of it in the decoder: the width to use now, every
         ``every`` steps (None between)."""
-        host = max(0.0, step_s - decoder_s)
-        self.host_s = host if self.host_s is None else self.host_s + self.EMA * (host - self.host_s)
-        self.observed += 1
-        if self.observed % self.every:
+        self.samples.append(max(0.0, step_s - decoder_s))
+        if len(self.samples) < self.every:
             return None
+        self.host_s, self.samples = float(np.mean(self.samples)), []
         return choose_width({w: t + self.host_s for w, t in self.times.items()})
+
+    def step_s(self, width: int) -> float:
+        """A step's seconds at ``width``: the decoder's and the loop's own."""
+        return self.times[width] + (self.host_s or 0.0)
 
 
 def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4) -> dict[int, float]:

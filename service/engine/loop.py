@@ -199,8 +199,9 @@ class DecodeEngine:
             if len(self.batch) >= self.batch_limit:
                 with self.lock:
                     self.scheduler.observed_step(took := time.monotonic() - started)
-                    if self.loop_width is not None and (width := self.loop_width.observe(took, self._decoder_s)):
-                        self.batch_limit = width
+                    width = self.loop_width and self.loop_width.observe(took, self._decoder_s)
+                    if width and width != self.batch_limit:  # the wait estimate's step from the new width's time
+                        self.batch_limit, self.scheduler.step_s = width, self.loop_width.step_s(width)
 
     def _schedule(self) -> None:
         now = time.monotonic()

@@ -328,8 +328,9 @@ class Scheduler:
             taken = set()
             for seq in order:
                 if self.held.get(seq.leader or seq, 0) < share:
-                    if seq.width > room:
-                        break  # an owed beam that does not fit yet is not overtaken: it would starve
+                    if seq.width > room:  # an owed beam that does not fit yet is not overtaken, here or first
+                        room = 0  # come first served below: one-row sequences would take every row as it frees
+                        break
                     self._take(seq, admitted, now)
                     taken.add(seq)
                     room -= seq.width
