@@ -82,6 +82,46 @@ def test_calibrations_on_one_machine_take_turns(rt, monkeypatch):
     assert first_end <= second_start, spans
 
 
+def test_a_calibration_whose_options_were_replaced_gives_up_and_the_loop_decodes_at_once(rt):
+    """A reconfigure that turned auto_width on, then another that turned it off, before the first calibration got its
+    turn (another replica on the machine held the lock): the loop must not wait for a measurement nobody will use.
+    (The CI flake: requests sent right after the second reconfigure were not decoding 10 s later.)"""
+    stale = threading.Event()
+    held = open(calibration.CALIBRATION_LOCK, "a")
+    calibration.fcntl.flock(held, calibration.fcntl.LOCK_EX)  # another replica calibrating
+    engine = None
+    try:
+        answer = []
+        thread = threading.Thread(target=lambda: answer.append(step_seconds(rt, 2, rounds=2, stale=stale.is_set)))
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive()  # waits its turn
+        stale.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive() and answer == [None]
+
+        engine = DecodeEngine(rt, EngineOptions(max_batch=2, auto_width=False)).start()
+        engine.options = EngineOptions(max_batch=4)  # auto_width: the loop waits for the lock
+        seq = engine.submit(Sequence(np.array([5, 6, 7, 3]), 4))
+        time.sleep(0.3)
+        assert not seq.future.done()  # nothing is decoded while the loop calibrates
+        engine.options = EngineOptions(max_batch=4, auto_width=False)
+        assert len(seq.future.result(timeout=10)) <= 4  # while the lock is still held
+        assert engine.step_times == {} and engine.batch_limit == 4
+        engine.options = EngineOptions(max_batch=4)  # waits for the lock again ...
+        time.sleep(0.3)
+        stopping = threading.Thread(target=engine.stop)
+        stopping.start()
+        stopping.join(timeout=5)
+        assert not stopping.is_alive()  # ... and a stopping engine does not wait for it
+    finally:
+        held.close()
+        if engine is not None:
+            engine.stop()
+    # and a calibration that nothing replaced still measures
+    assert set(step_seconds(rt, 2, rounds=1, chain=2, stale=lambda: False)) == {1, 2}
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and calls glibc's malloc_trim")
 def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(rt):
     """Its inputs for wide batches are freed on return, but glibc kept them from the system: the replica's RSS

@@ -18,6 +18,7 @@ import fcntl
 import os
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -86,7 +87,8 @@ class LoopWidth:
         return self.times[width] + (self.host_s or 0.0)
 
 
-def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4) -> dict[int, float]:
+def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4,
+                 stale: Callable[[], bool] = lambda: False) -> dict[int, float] | None:
     """Seconds of one decoder step at each width up to ``max_batch``: ``{width: seconds}``, one calibration at a time
     per machine (a lock file).
 
@@ -97,16 +99,27 @@ def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 1
     one untimed step (a shape's first use plans its kernels). Each round times every width once, back to back; a
     width's time is the median over rounds scaled by the one-row median, so a burst of work elsewhere on the
     machine, which slows the widths timed beside it alike, does not move the ratios.
+
+    None, at once, once ``stale()`` is true (checked while waiting for the lock and after each round): the options it
+    measured for were replaced, and the engine must not wait for a measurement nobody will use.
     """
     with open(CALIBRATION_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        while True:
+            if stale():
+                return None
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
         try:
-            return _measure(runtime, max_batch, rounds, chain)
+            return _measure(runtime, max_batch, rounds, chain, stale)
         finally:
             release_freed_heap()
 
 
-def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int) -> dict[int, float]:
+def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int,
+             stale: Callable[[], bool]) -> dict[int, float] | None:
     cfg = rt.config
     heads, head_dim, layers = cfg["decoder"]["heads"], cfg["decoder"]["head_dim"], rt.layers
     positions = max(2 + chain, min(64, cfg["decoder"]["max_len"]))  # L
@@ -144,6 +157,8 @@ def _measure(rt: EncoderDecoderRuntime, max_batch: int, rounds: int, chain: int)
     ratios: dict[int, list[float]] = {b: [] for b in widths}
     ones = []
     for _ in range(rounds):
+        if stale():
+            return None
         took = {b: timed(b) for b in widths}
         ones.append(took[widths[0]])
         for b in widths:

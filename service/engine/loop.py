@@ -101,9 +101,11 @@ class DecodeEngine:
         options = self.options
         if not options.auto_width or self._calibrated_for == options.max_batch:
             return
-        times = step_seconds(self.rt, options.max_batch)
+        def stale() -> bool:  # replaced while it waited or measured, or the engine stops: give up
+            return options is not self._options or (self.thread is not None and not self.running)
+        times = step_seconds(self.rt, options.max_batch, stale=stale)
         with self.lock:
-            if options is not self._options:
+            if times is None or options is not self._options:
                 return  # changed while it ran: the next call measures for the new options
             self.step_times, self.batch_limit, self.loop_width = times, choose_width(times), LoopWidth(times)
             self.scheduler.step_s = times[self.batch_limit]
