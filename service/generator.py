@@ -41,9 +41,10 @@ class GeneratorHost:
     def reconfigure(self, user_config: dict) -> None:
         """``user_config``: max_batch_size, max_queue (rows), max_queue_wait_ms (the queue-time budget of a request
         without a deadline of its own), auto_width (measure at start the width where tokens/s stop rising;
-        false: max_batch_size) and ignore_eos (benchmarks and tests only: ``EngineOptions.ignore_eos``). Applied at the engine's next step; a changed width rule or max_batch_size
+        false: max_batch_size), decode_nice (``EngineOptions.decode_nice``) and ignore_eos (benchmarks and tests only:
+        ``EngineOptions.ignore_eos``). Applied at the engine's next step; a changed width rule or max_batch_size
         recalibrates there, and this returns only then (call it off the event loop)."""
-        known = {"max_batch_size", "max_queue", "max_queue_wait_ms", "auto_width", "ignore_eos"}
+        known = {"max_batch_size", "max_queue", "max_queue_wait_ms", "auto_width", "decode_nice", "ignore_eos"}
         if unknown := set(user_config) - known:
             raise ValueError(f"{self.name} user_config: unknown keys {sorted(unknown)} (known: {sorted(known)})")
         defaults = EngineOptions()
@@ -52,6 +53,7 @@ class GeneratorHost:
             max_queue=int(user_config.get("max_queue", defaults.max_queue)),
             max_queue_wait_s=float(user_config.get("max_queue_wait_ms", defaults.max_queue_wait_s * 1000)) / 1000.0,
             auto_width=bool(user_config.get("auto_width", defaults.auto_width)),  # validated by EngineOptions
+            decode_nice=int(user_config.get("decode_nice", defaults.decode_nice)),
             ignore_eos=bool(user_config.get("ignore_eos", defaults.ignore_eos)))
         if self.provider == CUDA and not self.runtime.config.get("encoder", {}).get("input") == "input_ids":
             # the captioner's encoder (ViT: a patch convolution) at each batch size, once, before requests
@@ -63,7 +65,7 @@ class GeneratorHost:
         options = self.engine.options
         return {"pid": os.getpid(), "max_batch_size": options.max_batch, "max_queue": options.max_queue,
                 "max_queue_wait_ms": options.max_queue_wait_s * 1000, "auto_width": options.auto_width,
-                "ignore_eos": options.ignore_eos,
+                "ignore_eos": options.ignore_eos, "decode_nice": options.decode_nice, "nice": self.engine.nice,
                 "batch_limit": self.engine.batch_limit, "step_times": self.engine.step_times,
                 "loop_s_per_step": getattr(self.engine.loop_width, "host_s", None),
                 "max_new_tokens_limit": self.engine.max_positions,

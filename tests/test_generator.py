@@ -54,6 +54,19 @@ def test_a_full_queue_is_503_at_submit_on_plain_and_streamed_requests(translator
     assert translator.stats()["max_queue"] == 1024
 
 
+def test_decode_nice_is_a_live_setting_and_a_bad_one_is_refused(translator, contract):
+    try:
+        translator.reconfigure({"auto_width": False, "decode_nice": 6})
+        asyncio.run(translator.translate(contract.translate(["Hello"])))  # a step runs with the new options
+        stats = translator.stats()
+        assert stats["decode_nice"] == 6 and stats["nice"] >= 6
+        with pytest.raises(ValueError, match="decode_nice"):
+            translator.reconfigure({"auto_width": False, "decode_nice": 25})
+    finally:
+        translator.reconfigure({"auto_width": False})
+    assert translator.stats()["decode_nice"] == 4
+
+
 def test_a_passed_deadline_is_504(translator, contract):
     job = contract.translate(["nine hundred ninety-nine thousand " * 8], max_new_tokens=256, deadline=Deadline(0.005))
     with pytest.raises(errors.ServiceError) as e:

@@ -28,6 +28,7 @@ import numpy as np
 
 from service.engine.batch import KVBatch
 from service.engine.calibration import LoopWidth, choose_width, step_seconds
+from service.engine.priority import lower_this_thread, niceness
 from service.engine.scheduler import EngineOptions, QueueFull, Scheduler, Sequence
 from models.repetition import runaway
 from service.engine.search import BeamState, advance_all
@@ -64,6 +65,7 @@ class DecodeEngine:
         self.finished: collections.Counter[str] = collections.Counter()  # sequences by finish reason, since start
         self.batch_limit = options.max_batch  # rows decoded together: max_batch, or the throughput width (calibrate)
         self.step_times: dict[int, float] = {}  # width → seconds of a step (last calibration)
+        self.nice: int | None = None  # the decode thread's nice value, once it runs
         self.loop_width: LoopWidth | None = None  # re-chooses the width with the loop's own time a step (auto_width)
         self._decoder_s = 0.0  # the last step's decoder run
         self._calibrated_for: tuple | None = None
@@ -172,7 +174,11 @@ class DecodeEngine:
 
     # ---------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
+        base, lowered_by = niceness(), 0
         while True:
+            if self.options.decode_nice != lowered_by:  # below the event loop: refusals preempt decoding (priority.py)
+                lowered_by = self.options.decode_nice
+                self.nice = lower_this_thread(base, lowered_by)
             self._calibrate_if_needed()  # after start or a reconfigure: between steps, never during one
             with self.lock:
                 if self.running and not len(self.batch) and not self.scheduler.waiting:

@@ -108,6 +108,9 @@ class EngineOptions:
     # Beam search's rule for EOS candidates: "engine" (any of the step's 2k best ends its hypothesis) or "transformers"
     # (only one among the k best does, as transformers' generate(); an imported checkpoint's config.json asks for it)
     beam_rule: str = "engine"
+    # The decode thread runs this many nice levels below the process (at most 19): the replica's event loop, which
+    # parses, admits and refuses, preempts it under overload (service/engine/priority.py). 0: the process's priority.
+    decode_nice: int = 4
 
     def __post_init__(self) -> None:
         if self.beam_rule not in ("engine", "transformers"):
@@ -116,6 +119,8 @@ class EngineOptions:
             raise ValueError(f"scheduling must be 'iteration' or 'static', got {self.scheduling!r}")
         if self.max_batch < 1 or self.max_queue < 0:
             raise ValueError(f"max_batch must be ≥ 1 and max_queue ≥ 0, got {self.max_batch} and {self.max_queue}")
+        if not 0 <= self.decode_nice <= 19:
+            raise ValueError(f"decode_nice must be within 0..19, got {self.decode_nice}")
         if not self.max_queue_wait_s > 0:
             raise ValueError(f"max_queue_wait_s must be > 0, got {self.max_queue_wait_s}")
 
