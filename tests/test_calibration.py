@@ -122,6 +122,27 @@ def test_a_calibration_whose_options_were_replaced_gives_up_and_the_loop_decodes
     assert set(step_seconds(rt, 2, rounds=1, chain=2, stale=lambda: False)) == {1, 2}
 
 
+def test_a_configure_waiting_for_a_calibration_returns_when_its_options_are_replaced(rt):
+    """Serve runs each reconfigure in a thread of its own, so two can overlap: the first, waiting for its
+    calibration, must return (False: not in force) once the second replaced its options, not wait forever."""
+    held = open(calibration.CALIBRATION_LOCK, "a")
+    calibration.fcntl.flock(held, calibration.fcntl.LOCK_EX)  # its calibration cannot start
+    engine = DecodeEngine(rt, EngineOptions(max_batch=2, auto_width=False)).start()
+    try:
+        answer = []
+        first = threading.Thread(target=lambda: answer.append(engine.configure(EngineOptions(max_batch=4))),
+                                 daemon=True)
+        first.start()
+        time.sleep(0.3)
+        assert first.is_alive()  # waiting for its calibration
+        engine.options = EngineOptions(max_batch=4, auto_width=False)  # the second reconfigure
+        first.join(timeout=5)
+        assert not first.is_alive() and answer == [False]
+    finally:
+        held.close()
+        engine.stop()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and calls glibc's malloc_trim")
 def test_a_calibration_hands_the_memory_it_freed_back_to_the_system(rt):
     """Its inputs for wide batches are freed on return, but glibc kept them from the system: the replica's RSS

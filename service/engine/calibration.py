@@ -100,7 +100,7 @@ def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 1
     width's time is the median over rounds scaled by the one-row median, so a burst of work elsewhere on the
     machine, which slows the widths timed beside it alike, does not move the ratios.
 
-    None, at once, once ``stale()`` is true (checked while waiting for the lock and after each round): the options it
+    None, at once, once ``stale()`` is true (checked while waiting for the lock and before each round): the options it
     measured for were replaced, and the engine must not wait for a measurement nobody will use.
     """
     with open(CALIBRATION_LOCK, "a") as lock:

@@ -84,6 +84,7 @@ class DecodeEngine:
                 self.batch_limit, self._calibrated_for, self.step_times = options.max_batch, None, {}
                 self.loop_width = None
             self.lock.notify()
+            self._calibration_done.notify_all()  # a configure() waiting for options now replaced returns (False)
 
     def configure(self, options: EngineOptions, timeout: float | None = None) -> bool:
         """Set ``options`` and return once they are in force (calibrated by the loop thread, between steps), so a
@@ -174,11 +175,8 @@ class DecodeEngine:
 
     # ---------------------------------------------------------------------------------- the loop
     def _loop(self) -> None:
-        base, lowered_by = niceness(), 0
+        base, lowered_by = niceness(), None
         while True:
-            if self.options.decode_nice != lowered_by:  # below the event loop: refusals preempt decoding (priority.py)
-                lowered_by = self.options.decode_nice
-                self.nice = lower_this_thread(base, lowered_by)
             self._calibrate_if_needed()  # after start or a reconfigure: between steps, never during one
             with self.lock:
                 if self.running and not len(self.batch) and not self.scheduler.waiting:
@@ -186,6 +184,9 @@ class DecodeEngine:
                     continue
                 if not self.running:
                     return
+            if base is not None and self.options.decode_nice != lowered_by:  # below the event loop (priority.py)
+                lowered_by = self.options.decode_nice
+                self.nice = lower_this_thread(base, lowered_by)
             try:
                 self.step()
             except Exception as error:  # nothing a request sent explains it: fail the batch, keep the loop

@@ -109,7 +109,7 @@ class EngineOptions:
     # (only one among the k best does, as transformers' generate(); an imported checkpoint's config.json asks for it)
     beam_rule: str = "engine"
     # The decode thread runs this many nice levels below the process (at most 19): the replica's event loop, which
-    # parses, admits and refuses, preempts it under overload (service/engine/priority.py). 0: the process's priority.
+    # parses, admits and refuses, goes first under overload (service/engine/priority.py). 0: the process's priority.
     decode_nice: int = 4
 
     def __post_init__(self) -> None:
