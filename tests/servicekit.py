@@ -81,18 +81,44 @@ def redeployed(service: Service, **fields):
 
     config = copy.deepcopy(service.config)
     serve_config.deployment(config, "Server").update(fields)
-    serve_config.deploy(config)
+    replicas = serve_config.deployment(service.config, "Server").get("autoscaling_config", {}).get("min_replicas", 1)
+
+    def settled() -> bool:  # running again, with the replicas it had (no extra one still stopping)
+        app = serve.status().applications[serve_config.APP_NAME]
+        return app.status == "RUNNING" and app.deployments["Server"].replica_states == {"RUNNING": replicas}
+
+    # Serve takes a replica that is being reconfigured out of HAProxy's servers, and sends what arrives meanwhile to
+    # its fallback proxy actor, which segfaulted in Serve's gRPC access log (`context.peer()` of a cancelled stream,
+    # proxy_request_response.py) and left 500s for later requests: tests start once the replica is routed to again.
+    serve_config.deploy(config, blocking=True)
+    wait_for(settled, 120, what="the app to run as redeployed")
+    wait_for(routed_by_haproxy, 30, what="HAProxy to route to the replica again")
     try:
         yield
     finally:
-        serve_config.deploy(service.config)
-        replicas = serve_config.deployment(service.config, "Server").get("autoscaling_config", {}).get("min_replicas", 1)
-
-        def settled() -> bool:  # running again, with the replicas it had (no extra one still stopping)
-            app = serve.status().applications[serve_config.APP_NAME]
-            return app.status == "RUNNING" and app.deployments["Server"].replica_states == {"RUNNING": replicas}
-
+        serve_config.deploy(service.config, blocking=True)
         wait_for(settled, 120, what="the app to run as deployed")
+        wait_for(routed_by_haproxy, 30, what="HAProxy to route to the replica again")
+
+
+def routed_by_haproxy() -> bool:
+    """Whether this machine's HAProxy routes both of the app's backends (HTTP and gRPC) to a replica that is up
+    (asked on its admin socket); True where there is no HAProxy to ask."""
+    import glob
+    import socket
+
+    base = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_SOCKET_PATH", ""))
+    sockets = sorted(glob.glob(os.path.join(base, "*", "admin.sock")), key=os.path.getmtime) if base else []
+    if not sockets:
+        return True
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(sockets[-1])
+        s.sendall(b"show servers state\n")
+        state = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    up = {f[1] for f in (line.split() for line in state.splitlines() if not line.startswith("#"))
+          if len(f) > 5 and f[3].startswith("SERVE_REPLICA") and f[5] == "2"}  # srv_op_state 2: running
+    return {f"http-{serve_config.APP_NAME}", f"grpc-{serve_config.APP_NAME}"} <= up
 
 
 def reconfigured(service: Service, model: str, settings: dict):

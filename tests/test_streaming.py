@@ -72,7 +72,10 @@ def busy_translator(service, url):
     then run alone, fast enough to end before the cancel lands.) The width is max_batch_size meanwhile, not the
     measured one (applied in place)."""
     with reconfigured(service, "translator", {"max_batch_size": 32, "auto_width": False, "ignore_eos": True}):
-        wait_for(lambda: stats("translator")["batch_limit"] == 32, what="the width to be 32")
+        # every setting in force, not only the width: a measured width of 32 already read 32 before the reconfigure
+        # reached the replica, and the 31 decodes sent then ended at EOS before they could be counted
+        wait_for(lambda: (lambda s: s["batch_limit"] == 32 and s["ignore_eos"] and not s["auto_width"])(
+            stats("translator")), what="the width to be 32, without EOS")
         width = stats("translator")["max_batch_size"] - 1
         thread = threading.Thread(target=requests.post, args=(url + "/v1/translate",),
                                   kwargs={"json": {"texts": [NUMBER_TEXT] * width, "max_new_tokens": 256}, "timeout": 120})
