@@ -81,23 +81,25 @@ def redeployed(service: Service, **fields):
 
     config = copy.deepcopy(service.config)
     serve_config.deployment(config, "Server").update(fields)
-    replicas = serve_config.deployment(service.config, "Server").get("autoscaling_config", {}).get("min_replicas", 1)
+    def settled(deployed: dict) -> typing.Callable[[], bool]:  # running as ``deployed``, no extra replica stopping
+        replicas = serve_config.deployment(deployed, "Server").get("autoscaling_config", {}).get("min_replicas", 1)
 
-    def settled() -> bool:  # running again, with the replicas it had (no extra one still stopping)
-        app = serve.status().applications[serve_config.APP_NAME]
-        return app.status == "RUNNING" and app.deployments["Server"].replica_states == {"RUNNING": replicas}
+        def check() -> bool:
+            app = serve.status().applications[serve_config.APP_NAME]
+            return app.status == "RUNNING" and app.deployments["Server"].replica_states == {"RUNNING": replicas}
+        return check
 
     # Serve takes a replica that is being reconfigured out of HAProxy's servers, and sends what arrives meanwhile to
     # its fallback proxy actor, which segfaulted in Serve's gRPC access log (`context.peer()` of a cancelled stream,
     # proxy_request_response.py) and left 500s for later requests: tests start once the replica is routed to again.
     serve_config.deploy(config, blocking=True)
-    wait_for(settled, 120, what="the app to run as redeployed")
+    wait_for(settled(config), 180, what="the app to run as redeployed")
     wait_for(routed_by_haproxy, 30, what="HAProxy to route to the replica again")
     try:
         yield
     finally:
         serve_config.deploy(service.config, blocking=True)
-        wait_for(settled, 120, what="the app to run as deployed")
+        wait_for(settled(service.config), 120, what="the app to run as deployed")
         wait_for(routed_by_haproxy, 30, what="HAProxy to route to the replica again")
 
 
