@@ -88,7 +88,7 @@ class LoopWidth:
 
 
 def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 12, chain: int = 4,
-                 stale: Callable[[], bool] = lambda: False, wait: bool = True) -> dict[int, float] | None:
+                 stale: Callable[[], bool] = lambda: False) -> dict[int, float] | None:
     """Seconds of one decoder step at each width up to ``max_batch``: ``{width: seconds}``, one calibration at a time
     per machine (a lock file).
 
@@ -101,8 +101,7 @@ def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 1
     machine, which slows the widths timed beside it alike, does not move the ratios.
 
     None, at once, once ``stale()`` is true (checked while waiting for the lock and before each round): the options it
-    measured for were replaced, and the engine must not wait for a measurement nobody will use. With ``wait`` false,
-    None at once if another calibration holds the lock: a running loop keeps decoding and asks again later.
+    measured for were replaced, and the engine must not wait for a measurement nobody will use.
     """
     with open(CALIBRATION_LOCK, "a") as lock:
         while True:
@@ -112,8 +111,6 @@ def step_seconds(runtime: EncoderDecoderRuntime, max_batch: int, rounds: int = 1
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
                 break
             except BlockingIOError:
-                if not wait:
-                    return None
                 time.sleep(0.05)
         try:
             return _measure(runtime, max_batch, rounds, chain, stale)

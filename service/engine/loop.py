@@ -83,8 +83,6 @@ class DecodeEngine:
             if not options.auto_width:
                 self.batch_limit, self._calibrated_for, self.step_times = options.max_batch, None, {}
                 self.loop_width = None
-            else:  # until the calibration: the width it had, within the new bound
-                self.batch_limit = min(self.batch_limit, options.max_batch)
             self.lock.notify()
             self._calibration_done.notify_all()  # a configure() waiting for options now replaced returns (False)
 
@@ -108,8 +106,7 @@ class DecodeEngine:
             return
         def stale() -> bool:  # replaced while it waited or measured, or the engine stops: give up
             return options is not self._options or (self.thread is not None and not self.running)
-        # the loop thread does not wait its turn behind another replica's calibration: it decodes meanwhile
-        times = step_seconds(self.rt, options.max_batch, stale=stale, wait=self.thread is None)
+        times = step_seconds(self.rt, options.max_batch, stale=stale)
         with self.lock:
             if times is None or options is not self._options:
                 return  # changed while it ran: the next call measures for the new options
